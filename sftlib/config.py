@@ -1,0 +1,300 @@
+"""RunConfig: the YAML file with `model`, `dataset` and `training` sections, validated loudly.
+
+Every unknown key stops the run with its dotted path and the nearest valid key; every value is
+checked against the type of the field it sets. `training` is checked against `trl.SFTConfig`
+itself, so its fields are never copied here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import functools
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from sftlib.errors import SftlibError
+
+DEFAULT_CONFIG = "configs/default_train_config.yaml"
+DTYPES = (None, "auto", "float32", "bfloat16", "float16")
+FORMATS = ("auto", "prompt_completion", "alpaca", "messages", "sharegpt", "text")
+
+
+@dataclasses.dataclass
+class LoraSettings:
+    """peft.LoraConfig arguments, with the seed's defaults."""
+
+    r: int = 16
+    lora_alpha: int = 32
+    target_modules: list[str] | str = dataclasses.field(default_factory=lambda: ["q_proj", "v_proj"])
+    lora_dropout: float = 0.1
+    bias: Literal["none", "all", "lora_only"] = "none"
+    task_type: str = "CAUSAL_LM"
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    path: str
+    max_seq_length: int = 512
+    dtype: Literal[None, "auto", "float32", "bfloat16", "float16"] = None
+    load_in_4bit: bool = False
+    use_lora: bool = False
+    lora_config: LoraSettings = dataclasses.field(default_factory=LoraSettings)
+    trust_remote_code: bool = False
+
+
+@dataclasses.dataclass
+class DatasetConfig:
+    name: str
+    subset: str | None = None
+    split: str = "train"
+    eval_split: str | None = None
+    eval_size: float | int | None = None
+    max_samples: int | None = None
+    format: Literal["auto", "prompt_completion", "alpaca", "messages", "sharegpt", "text"] = "auto"
+    columns: dict[str, str] | None = None
+    train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
+    max_dropped_fraction: float = 0.1
+
+
+@dataclasses.dataclass
+class RunConfig:
+    model: ModelConfig
+    dataset: DatasetConfig
+    training: dict[str, Any] = dataclasses.field(default_factory=dict)
+    source: str | None = None  # the YAML file this came from, for messages only
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.training["output_dir"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config, as it would be written back to YAML."""
+        out = dataclasses.asdict(self)
+        out.pop("source")
+        return out
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML config, apply `dotted.key=value` overrides, and validate everything."""
+    path = Path(path or DEFAULT_CONFIG)
+    if not path.is_file():
+        raise SftlibError(f"config file {path} does not exist.", "pass --config PATH to an existing YAML file.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SftlibError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}.") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SftlibError(f"{path} must hold a mapping with sections model, dataset, training.")
+    for item in overrides:
+        apply_override(raw, item)
+    cfg = config_from_dict(raw)
+    cfg.source = str(path)
+    cfg.training.setdefault("output_dir", str(Path("runs") / path.stem))
+    return cfg
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Set `a.b.c=value` in a nested dict. The value is parsed as YAML (`3`, `true`, `[a, b]`)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise SftlibError(f"--set {item!r} is not of the form dotted.key=value.", "write e.g. --set training.max_steps=3.")
+    parts = key.strip().split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SftlibError(f"--set {key}: {'.'.join(parts[: i + 1])} is a value, not a section.")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        node[parts[-1]] = text
+
+
+def config_from_dict(raw: dict[str, Any]) -> RunConfig:
+    _check_keys(raw, ("model", "dataset", "training"), "")
+    for section in ("model", "dataset"):
+        if section not in raw or raw[section] is None:
+            raise SftlibError(f"the config has no `{section}` section.", f"add a `{section}:` mapping (see configs/).")
+    model_raw = dict(_section(raw, "model"))
+    lora_raw = model_raw.pop("lora_config", None) or {}
+    if not isinstance(lora_raw, dict):
+        raise SftlibError("model.lora_config must be a mapping of LoRA settings (r, lora_alpha, ...).")
+    model = ModelConfig(lora_config=_build(LoraSettings, lora_raw, "model.lora_config"), **_fields(ModelConfig, model_raw, "model", skip={"lora_config"}))
+    dataset = _build(DatasetConfig, _section(raw, "dataset"), "dataset")
+    training = validate_training(_section(raw, "training") if raw.get("training") is not None else {})
+    cfg = RunConfig(model=model, dataset=dataset, training=training)
+    _check_cross_fields(cfg)
+    return cfg
+
+
+def _section(raw: dict, name: str) -> dict:
+    value = raw[name]
+    if not isinstance(value, dict):
+        raise SftlibError(f"`{name}` must be a mapping, got {type(value).__name__}.")
+    return value
+
+
+def _fields(cls, raw: dict, where: str, skip: set[str] = frozenset()) -> dict:
+    names = [f.name for f in dataclasses.fields(cls)]
+    _check_keys(raw, names, where)
+    hints = typing.get_type_hints(cls)
+    required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    for name in required:
+        if name not in raw or raw[name] in (None, ""):
+            raise SftlibError(f"{where}.{name} is required.", f"set `{name}:` under `{where}:`.")
+    out = {}
+    for key, value in raw.items():
+        if key in skip:
+            continue
+        _check_type(value, hints[key], f"{where}.{key}")
+        out[key] = value
+    return out
+
+
+def _build(cls, raw: dict, where: str):
+    return cls(**_fields(cls, raw, where))
+
+
+# Names people carry over from other tools; spelling distance alone would not find these.
+_SYNONYMS = {
+    "rank": "r",
+    "alpha": "lora_alpha",
+    "dropout": "lora_dropout",
+    "lr": "learning_rate",
+    "batch_size": "per_device_train_batch_size",
+    "epochs": "num_train_epochs",
+    "max_len": "max_seq_length",
+    "model_name": "path",
+    "dataset_name": "name",
+}
+
+
+def _check_keys(raw: dict, valid, where: str) -> None:
+    for key in raw:
+        if key not in valid:
+            path = f"{where}.{key}" if where else str(key)
+            close = [_SYNONYMS[key]] if _SYNONYMS.get(key) in valid else []
+            close = close or difflib.get_close_matches(str(key), list(valid), n=1, cutoff=0.5)
+            hint = f"did you mean `{close[0]}`?" if close else f"valid keys here: {', '.join(sorted(valid))}."
+            raise SftlibError(f"unknown config key `{path}`.", hint)
+
+
+# --------------------------------------------------------------------------- types
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _check_type(value: Any, tp, path: str) -> None:
+    if not _matches(value, tp):
+        raise SftlibError(
+            f"`{path}` is {value!r} ({type(value).__name__}), expected {_type_name(tp)}.",
+            f"give `{path.rsplit('.', 1)[-1]}` a value of that type.",
+        )
+
+
+def _matches(value: Any, tp) -> bool:
+    if tp is Any or tp is typing.Any:
+        return True
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in get_args(tp))
+    if origin is Literal:
+        return value in get_args(tp)
+    if tp is type(None):
+        return value is None
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return value in {m.value for m in tp} or value in {m.name for m in tp}
+    if origin in (list, tuple, set):
+        (inner, *_) = get_args(tp) or (Any,)
+        return isinstance(value, list) and all(_matches(v, inner) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True  # an annotation we can't check precisely: SFTConfig's own __post_init__ still validates
+
+
+@functools.cache
+def sft_config_fields() -> dict[str, Any]:
+    """SFTConfig's field names and resolved types (imported lazily: trl is slow to import)."""
+    import trl
+
+    hints = typing.get_type_hints(trl.SFTConfig)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(trl.SFTConfig) if f.init}
+
+
+# Fields that this config sets from elsewhere, so two places can't disagree.
+_OWNED = {
+    "max_length": "model.max_seq_length",
+    "completion_only_loss": "the data layer (the loss always covers only the completion or assistant turns)",
+    "assistant_only_loss": "the data layer (dataset.train_on), which masks any chat template",
+    "dataset_text_field": "dataset.columns (e.g. columns: {text: body})",
+}
+
+
+def validate_training(raw: dict[str, Any]) -> dict[str, Any]:
+    fields = sft_config_fields()
+    _check_keys(raw, fields, "training")
+    for key, value in raw.items():
+        if key in _OWNED:
+            raise SftlibError(f"`training.{key}` is set by sftlib.", f"use {_OWNED[key]} instead.")
+        _check_type(value, fields[key], f"training.{key}")
+    return dict(raw)
+
+
+def _check_cross_fields(cfg: RunConfig) -> None:
+    m, d = cfg.model, cfg.dataset
+    if m.max_seq_length <= 0:
+        raise SftlibError(f"model.max_seq_length must be positive, got {m.max_seq_length}.")
+    if m.load_in_4bit and not m.use_lora:
+        raise SftlibError(
+            "model.load_in_4bit needs model.use_lora: true (4-bit weights can't be trained directly).",
+            "set model.use_lora: true for QLoRA, or load_in_4bit: false for full fine-tuning.",
+        )
+    if m.lora_config.r <= 0:
+        raise SftlibError(f"model.lora_config.r must be positive, got {m.lora_config.r}.")
+    if not 0 <= m.lora_config.lora_dropout < 1:
+        raise SftlibError(f"model.lora_config.lora_dropout must be in [0, 1), got {m.lora_config.lora_dropout}.")
+    if d.eval_split and d.eval_size:
+        raise SftlibError("dataset.eval_split and dataset.eval_size are both set.", "keep one of them.")
+    if isinstance(d.eval_size, float) and not 0 < d.eval_size < 1:
+        raise SftlibError(f"dataset.eval_size as a fraction must be in (0, 1), got {d.eval_size}.")
+    if d.max_samples is not None and d.max_samples <= 0:
+        raise SftlibError(f"dataset.max_samples must be positive, got {d.max_samples}.")
+    if not 0 <= d.max_dropped_fraction <= 1:
+        raise SftlibError(f"dataset.max_dropped_fraction must be in [0, 1], got {d.max_dropped_fraction}.")
+    bf16, fp16 = cfg.training.get("bf16"), cfg.training.get("fp16")
+    if bf16 and fp16:
+        raise SftlibError("training.bf16 and training.fp16 are both true.", "pick one mixed precision.")
+
+
+def write_resolved(cfg: RunConfig, output_dir: str | Path) -> Path:
+    """Write the config as resolved (defaults filled, overrides applied) next to the run's outputs."""
+    path = Path(output_dir) / "resolved_config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return path

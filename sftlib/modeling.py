@@ -1,0 +1,131 @@
+"""Tokenizer, model and LoRA config from `ModelConfig`: dtype, 4-bit NF4, pad token."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+from sftlib import embedded
+from sftlib.config import ModelConfig
+from sftlib.errors import SftlibError
+
+log = logging.getLogger("sftlib")
+
+
+def torch_dtype(name: str | None):
+    """Config dtype name -> what `from_pretrained(dtype=...)` takes. None keeps the checkpoint's own."""
+    import torch
+
+    return {None: None, "auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def resolve_path(model_cfg: ModelConfig) -> str:
+    """A local folder or hub id for the model; `embedded:` names are materialized once."""
+    path = embedded.resolve(model_cfg.path)
+    if not embedded.is_embedded(model_cfg.path) and (path.startswith((".", "/", "~")) or Path(path).suffix):
+        local = Path(path).expanduser()
+        if not local.exists():
+            raise SftlibError(
+                f"model.path {path!r} does not exist.",
+                "point model.path at a saved model folder, a hub id like HuggingFaceTB/SmolLM2-135M-Instruct, "
+                "or embedded:SmolLM2-135M-Instruct.",
+            )
+        if local.is_dir() and not (local / "config.json").is_file():
+            raise SftlibError(f"model.path {path!r} has no config.json, so it is not a saved model folder.")
+    return path
+
+
+def load_tokenizer(model_cfg: ModelConfig):
+    """The model's tokenizer, with a pad token (the EOS when it has none).
+
+    pad == eos is safe here because labels are built from token spans, never by comparing ids
+    with pad_token_id, so the EOS that ends a completion is still trained.
+    """
+    from transformers import AutoTokenizer
+
+    path = resolve_path(model_cfg)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise SftlibError(f"could not load a tokenizer from {path!r}: {_first_line(exc)}") from exc
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise SftlibError(f"the tokenizer of {path!r} has neither a pad nor an EOS token.")
+        tokenizer.pad_token = tokenizer.eos_token
+        log.info("tokenizer has no pad token: using the EOS token %r for padding", tokenizer.eos_token)
+    return tokenizer
+
+
+def quantization_config(model_cfg: ModelConfig):
+    """NF4 with double quantization (QLoRA), computing in bf16 unless fp32/fp16 is asked for."""
+    if not model_cfg.load_in_4bit:
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise SftlibError("model.load_in_4bit needs bitsandbytes, which is not installed.", "pip install bitsandbytes==0.50.2")
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    compute = torch_dtype(model_cfg.dtype)
+    compute = compute if isinstance(compute, torch.dtype) else torch.bfloat16
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute,
+    )
+
+
+def load_model(model_cfg: ModelConfig, *, quantize: bool = True, device_map=None):
+    """The causal LM as configured. `quantize=False` loads the base unquantized (for merging)."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_path(model_cfg)
+    kwargs = {"dtype": torch_dtype(model_cfg.dtype), "trust_remote_code": model_cfg.trust_remote_code}
+    if quantize and model_cfg.load_in_4bit:
+        kwargs["quantization_config"] = quantization_config(model_cfg)
+        kwargs["device_map"] = device_map
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise SftlibError(f"could not load model {path!r}: {_first_line(exc)}") from exc
+
+
+def lora_config(model_cfg: ModelConfig, model=None):
+    """peft.LoraConfig from `model.lora_config`, checking the target modules exist in `model`."""
+    from peft import LoraConfig
+
+    lc = model_cfg.lora_config
+    if model is not None:
+        check_target_modules(model, lc.target_modules)
+    return LoraConfig(
+        r=lc.r,
+        lora_alpha=lc.lora_alpha,
+        target_modules=lc.target_modules,
+        lora_dropout=lc.lora_dropout,
+        bias=lc.bias,
+        task_type=lc.task_type,
+    )
+
+
+def check_target_modules(model, targets: list[str] | str) -> None:
+    import torch
+
+    linear = sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if _is_linear(mod, torch)})
+    if isinstance(targets, str):  # "all-linear" or a regex: PEFT checks these itself
+        return
+    missing = [t for t in targets if t not in linear]
+    if missing:
+        raise SftlibError(
+            f"model.lora_config.target_modules {missing} match no linear layer of this model.",
+            f"choose from {linear} (or 'all-linear').",
+        )
+
+
+def _is_linear(module, torch) -> bool:
+    return isinstance(module, torch.nn.Linear) or type(module).__name__ in {"Linear4bit", "Linear8bitLt"}
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
