@@ -13,7 +13,9 @@ where a bad row becomes a counted drop reason instead of a crash (see sftlib.mas
 
 from __future__ import annotations
 
+import functools
 import glob
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -30,7 +32,13 @@ logger = logging.getLogger("sftlib")
 FORMATS = ("prompt_completion", "alpaca", "messages", "sharegpt", "text")
 CHAT_FORMATS = ("alpaca", "messages", "sharegpt")  # normalized to `messages`
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
 ACCEPTED = (
     "prompt_completion (prompt, completion), alpaca (instruction, input, output), "
     "messages (messages: [{role, content}]), sharegpt (conversations: [{from, value}]), text (text)"
@@ -38,6 +46,19 @@ ACCEPTED = (
 
 
 # --------------------------------------------------------------------------- loading
+
+
+@functools.cache
+def code_version() -> str:
+    """A hash of the data layer's source, passed to every `Dataset.map` of it.
+
+    datasets fingerprints a module-level function by its name only, so without this a fix to the
+    masking code would silently reuse labels cached by the old code.
+    """
+    digest = hashlib.sha256()
+    for name in ("data.py", "masking.py"):
+        digest.update((Path(__file__).parent / name).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def load_raw(ds_cfg: DatasetConfig, seed: int = 42) -> dict[str, Dataset]:
@@ -73,7 +94,9 @@ def _load_source(ds_cfg: DatasetConfig) -> DatasetDict:
     if glob.has_magic(name):
         files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
         if not files:
-            raise SftlibError(f"dataset.name {name!r} matches no file.", "check the pattern and the working directory.")
+            raise SftlibError(
+                f"dataset.name {name!r} matches no file.", "check the pattern and the working directory."
+            )
         return _load_files(files, ds_cfg.split)
     if path.is_file():
         return _load_files([path], ds_cfg.split)
@@ -90,7 +113,9 @@ def _load_source(ds_cfg: DatasetConfig) -> DatasetDict:
             )
         return _guard_load(files, lambda: datasets.load_dataset(str(path)))
     if _looks_local(name):
-        raise SftlibError(f"dataset file {name!r} does not exist.", "check dataset.name and the working directory.")
+        raise SftlibError(
+            f"dataset file {name!r} does not exist.", "check dataset.name and the working directory."
+        )
     try:  # a hub id (cannot be reached in tests; kept for real use)
         return datasets.load_dataset(name, ds_cfg.subset)
     except Exception as exc:
@@ -112,7 +137,9 @@ def _load_files(files: list[Path], split: str) -> DatasetDict:
             f"use files of one kind: {', '.join(BUILDERS)}.",
         )
     builder = BUILDERS[files[0].suffix]
-    return _guard_load(files, lambda: datasets.load_dataset(builder, data_files={split: [str(f) for f in files]}))
+    return _guard_load(
+        files, lambda: datasets.load_dataset(builder, data_files={split: [str(f) for f in files]})
+    )
 
 
 def _guard_load(files: list[Path], load) -> DatasetDict:
@@ -257,6 +284,8 @@ def normalize(ds: Dataset, fmt: str, num_proc: int | None = None) -> Dataset:
     which tokenization reports as `non_string_content` / `unknown_role`.
     """
     check_columns(ds, fmt)
+    if "index" not in ds.column_names:  # a Dataset built by hand rather than by load_raw
+        ds = _with_index(ds)
     # Explicit features: a batch whose contents are all None must not fix the column type to null.
     string, messages = Value("string"), List({"role": Value("string"), "content": Value("string")})
     if fmt == "text":
@@ -268,7 +297,11 @@ def normalize(ds: Dataset, fmt: str, num_proc: int | None = None) -> Dataset:
         columns = {"messages": messages}
     return ds.map(
         _normalize_row,
-        fn_kwargs={"fmt": fmt, "conversational": columns.get("prompt") is messages},
+        fn_kwargs={
+            "fmt": fmt,
+            "conversational": columns.get("prompt") is messages,
+            "code_version": code_version(),
+        },
         remove_columns=[c for c in ds.column_names if c != "index"],
         features=Features({**columns, "index": ds.features["index"]}),
         num_proc=num_proc,
@@ -276,7 +309,7 @@ def normalize(ds: Dataset, fmt: str, num_proc: int | None = None) -> Dataset:
     )
 
 
-def _normalize_row(row: dict, fmt: str, conversational: bool) -> dict:
+def _normalize_row(row: dict, fmt: str, conversational: bool, code_version: str) -> dict:
     if fmt == "text":
         return {"text": _str_or_none(row["text"])}
     if fmt == "prompt_completion":

@@ -50,20 +50,37 @@ def check_output_dir(output_dir: Path, *, resume: bool, overwrite: bool) -> None
         )
 
 
+def distributed_state(use_cpu: bool):
+    """The process group, created for CPU when there is no GPU.
+
+    Without `cpu=True`, a process started by notebook_launcher on a CPU machine sees world size 1
+    and N processes would silently train N independent copies.
+    """
+    from accelerate import PartialState
+
+    state = PartialState(cpu=use_cpu)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != state.num_processes:
+        raise SftlibError(
+            f"{launched} processes were launched but the trainer sees world size {state.num_processes}.",
+            "launch with `accelerate launch` or sftlib.train.launch, and create no Accelerator before it.",
+        )
+    return state
+
+
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune as configured; returns the run info (also written to output_dir/run_info.json)."""
-    from accelerate import PartialState
     from trl import SFTTrainer
 
     from sftlib import masking, modeling
 
-    state = PartialState()
+    args = sft_config(cfg)
+    state = distributed_state(args.use_cpu)
     out = cfg.output_dir
     check_output_dir(out, resume=resume, overwrite=overwrite)
     if overwrite and not resume and state.is_main_process:
         clear_output_dir(out)
     state.wait_for_everyone()
-    args = sft_config(cfg)
     if state.is_main_process:
         write_resolved(cfg, out)
 
@@ -177,3 +194,38 @@ def run_from_files(config_path: str | None, overrides: list[str], resume: bool =
     """Entry used by the CLI and by each process that `launch` starts."""
     cfg = load_config(config_path, overrides)
     return train(cfg, resume=resume, overwrite=overwrite)
+
+
+def launch(
+    config_path: str | None,
+    overrides: list[str] = (),
+    num_processes: int = 1,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Train from a notebook: in-process for 1, through accelerate.notebook_launcher for N > 1.
+
+    Every process runs `run_from_files`, the same code as `accelerate launch -m sftlib train`.
+    """
+    if num_processes < 1:
+        raise SftlibError(f"num_processes must be at least 1, got {num_processes}.")
+    if num_processes == 1:
+        return run_from_files(config_path, list(overrides), resume, overwrite)
+    from accelerate import notebook_launcher
+
+    cfg = load_config(config_path, overrides)  # fail fast, in the notebook, on a bad config
+    notebook_launcher(
+        run_from_files,
+        args=(config_path, list(overrides), resume, overwrite),
+        num_processes=num_processes,
+        use_port=str(_free_port()),
+    )
+    return read_run_info(cfg.output_dir)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

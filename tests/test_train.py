@@ -1,0 +1,133 @@
+"""Training end to end on the tiny model: the seed's layout, artifacts that reload, merge equivalence."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sftlib import merge
+from sftlib.config import load_config
+from sftlib.errors import SftlibError
+from sftlib.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_chat_rows(path: Path, n: int = 16) -> Path:
+    months = ["January", "March", "July", "October"]
+    with path.open("w") as f:
+        for i in range(n):
+            day, month = i % 27 + 1, months[i % 4]
+            iso = f"2021-{['01', '03', '07', '10'][i % 4]}-{day:02d}"
+            msgs = [{"role": "user", "content": f"{month} {day}, 2021"}, {"role": "assistant", "content": iso}]
+            f.write(json.dumps({"messages": msgs}) + "\n")
+    return path
+
+
+def tiny_cfg(tmp_path: Path, *overrides: str):
+    data = write_chat_rows(tmp_path / "chat.jsonl")
+    base = [f"dataset.name={data}", "dataset.eval_split=null", "dataset.max_samples=null", f"training.output_dir={tmp_path / 'out'}"]
+    return load_config(ROOT / "configs/tiny.yaml", base + list(overrides))
+
+
+def test_lora_run_writes_the_seed_layout_and_every_artifact_reloads(tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = tiny_cfg(tmp_path, "training.max_steps=2")
+    info = train(cfg)
+    out = cfg.output_dir
+    assert (out / "lora_weights" / "adapter_model.safetensors").is_file()
+    assert (out / "lora_weights" / "adapter_config.json").is_file()
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+    assert (out / "resolved_config.yaml").is_file()
+    # safetensors only: no pickled weights or arguments among the final artifacts
+    assert not [p for p in out.glob("**/*") if p.suffix in {".bin", ".pt", ".pth"} and "checkpoint-" not in str(p)]
+
+    on_disk = json.loads((out / "run_info.json").read_text())
+    for key in ("world_size", "global_step", "train_runtime_s", "final_loss", "versions", "distributed_type"):
+        assert key in on_disk
+    assert on_disk["world_size"] == 1 and on_disk["global_step"] == 2 == info["global_step"]
+    assert on_disk["versions"]["trl"] and on_disk["versions"]["torch"]
+
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(_base_dir(cfg))
+    peft_model = PeftModel.from_pretrained(base, out / "lora_weights")
+    ids = tokenizer(["October 3, 2021"], return_tensors="pt")["input_ids"]
+    assert merge.max_logit_difference(merged, peft_model, ids) < 1e-4
+
+
+def _base_dir(cfg):
+    from sftlib import modeling
+
+    return modeling.resolve_path(cfg.model)
+
+
+def test_merged_logits_equal_base_plus_adapter_and_differ_from_base(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    cfg = tiny_cfg(tmp_path, "training.max_steps=3", "training.learning_rate=0.01")
+    train(cfg)
+    adapted = merge.load_base_with_adapter(cfg.model, cfg.output_dir / "lora_weights")
+    merged = AutoModelForCausalLM.from_pretrained(cfg.output_dir)
+    base = AutoModelForCausalLM.from_pretrained(_base_dir(cfg))
+    from transformers import AutoTokenizer
+
+    ids = merge.sample_inputs(AutoTokenizer.from_pretrained(cfg.output_dir))
+    assert merge.max_logit_difference(merged, adapted, ids) < 1e-4
+    assert merge.max_logit_difference(merged, base, ids) > 1e-3  # the adapter did change the model
+
+
+def test_full_fine_tune_writes_model_and_tokenizer_and_no_adapter(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = tiny_cfg(tmp_path, "model.use_lora=false", "training.max_steps=2")
+    train(cfg)
+    out = cfg.output_dir
+    assert not (out / "lora_weights").exists()
+    assert AutoTokenizer.from_pretrained(out).eos_token == "<|im_end|>"
+    trained = AutoModelForCausalLM.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(_base_dir(cfg))
+    changed = [n for n, p in trained.named_parameters() if not torch.equal(p, base.get_parameter(n))]
+    assert changed  # every-weight training changed weights
+
+
+def test_loss_falls_on_a_tiny_overfit_set(tmp_path):
+    cfg = tiny_cfg(
+        tmp_path,
+        "model.use_lora=false",
+        "training.max_steps=40",
+        "training.learning_rate=0.003",
+        "training.per_device_train_batch_size=8",
+    )
+    history = [h["loss"] for h in train(cfg)["log_history"] if "loss" in h]
+    assert len(history) == 40
+    assert sum(history[-5:]) / 5 < 0.5 * sum(history[:5]) / 5
+
+
+def test_training_into_a_finished_run_is_refused_and_touches_nothing(tmp_path):
+    cfg = tiny_cfg(tmp_path, "training.max_steps=1")
+    train(cfg)
+    before = {p: p.stat().st_mtime_ns for p in cfg.output_dir.glob("**/*")}
+    with pytest.raises(SftlibError, match="already holds a finished run"):
+        train(cfg)
+    assert {p: p.stat().st_mtime_ns for p in cfg.output_dir.glob("**/*")} == before
+
+
+@pytest.mark.slow
+def test_cli_lora_run_on_the_real_smollm2_writes_the_seed_layout(tmp_path):
+    out = tmp_path / "lora"
+    cmd = [
+        sys.executable, "-m", "sftlib", "train", "--config", "configs/lora_train_config.yaml",
+        "--set", "training.max_steps=3", "--set", f"training.output_dir={out}", "--set", "dataset.max_samples=64",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "lora_weights" / "adapter_model.safetensors").is_file()
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["global_step"] == 3 and info["model_path"] == "embedded:SmolLM2-135M-Instruct"
