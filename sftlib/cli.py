@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from sftlib.errors import SftlibError
+from sftlib.errors import SftlibError, describe_os_error
 
 
 def _add_config(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -27,8 +27,17 @@ def _add_config(p: argparse.ArgumentParser, required: bool = False) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors ending in the same `error: ... Fix: ...` line as every other error."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        fix = f"see `{self.prog} --help` for the valid arguments"
+        self.exit(2, f"error: {self.prog}: {message}. Fix: {fix}.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sftlib", description="Supervised fine-tuning of causal LMs.")
+    parser = _Parser(prog="sftlib", description="Supervised fine-tuning of causal LMs.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -65,6 +74,39 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("materialize", help="write the embedded models into the cache (done once)")
     p.add_argument("names", nargs="*", default=["SmolLM2-135M-Instruct", "tiny-random-llama"])
     p.set_defaults(func=cmd_materialize)
+
+    p = sub.add_parser("bench", help="time sftlib's training path against a plain TRL run (same data, seed)")
+    _add_config(p, required=True)
+    p.add_argument("--steps", type=int, default=5, help="timed optimizer steps per side (after 1 warm-up)")
+    p.add_argument("--json", default=None, help="also write the full results here")
+    p.add_argument("--data", choices=["config", "chat-mix"], default="config", help="chat-mix: synthetic")
+    p.add_argument("--repeats", type=int, default=1, help="runs per side, alternated; best of each compared")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("pipeline", help="run the notebooks in order with papermill")
+    _add_config(p, required=True)
+    _add_notebook_args(p, "folder for the executed notebooks, their HTML, plots and summary.json")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        default=[],
+        metavar="PREFIX",
+        help="run only notebooks starting with PREFIX (e.g. 03)",
+    )
+    p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("demo", help="the demo: SmolLM2 fails a task, is fine-tuned on CPU, then solves it")
+    p.add_argument("--config", default="configs/demo.yaml", help="demo config (default: configs/demo.yaml)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value",
+    )
+    _add_notebook_args(p, "folder for everything the demo makes (default: runs/demo)", default="runs/demo")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
@@ -72,10 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> int:
+    from accelerate import PartialState
+
     from sftlib.train import run_from_files
 
     info = run_from_files(args.config, args.overrides, resume=args.resume, overwrite=args.overwrite)
-    print(f"done: {info['global_step']} steps, final loss {info['final_loss']:.4f}, outputs in {info['output_dir']}")
+    if PartialState().is_main_process:  # under accelerate launch every rank returns here
+        steps, loss = info["global_step"], info["final_loss"]
+        print(f"done: {steps} steps, final loss {loss:.4f}, outputs in {info['output_dir']}")
     return 0
 
 
@@ -100,7 +146,9 @@ def cmd_masks(args) -> int:
     from sftlib import masking
 
     if args.limit is not None and args.limit <= 0:
-        raise SftlibError(f"--limit must be positive, got {args.limit}.")
+        raise SftlibError(
+            f"--limit must be positive, got {args.limit}.", "give --limit 1 or more, or omit it."
+        )
     cfg, tokenizer, data = _prepared(args, splits=(args.split,), limit=args.limit)
     ds = data.train if args.split == "train" else data.eval
     if ds is None:
@@ -142,6 +190,50 @@ def cmd_materialize(args) -> int:
     return 0
 
 
+def _add_notebook_args(p: argparse.ArgumentParser, out_help: str, default: str | None = None) -> None:
+    p.add_argument("--out", required=default is None, default=default, help=out_help)
+    p.add_argument(
+        "-p",
+        "--parameter",
+        dest="params",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="set a notebook parameter in every notebook that declares it, e.g. -p NUM_PROCESSES 2",
+    )
+
+
+def cmd_bench(args) -> int:
+    from sftlib import bench
+
+    if args.steps < 1 or args.repeats < 1:
+        raise SftlibError("--steps and --repeats must be at least 1.")
+    result = bench.bench(args.config, args.overrides, steps=args.steps, data=args.data, repeats=args.repeats)
+    print(bench.format_table(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"results in {args.json}")
+    return 0
+
+
+def cmd_pipeline(args) -> int:
+    from sftlib.pipeline import run_pipeline
+
+    summary = run_pipeline(args.config, args.out, args.overrides, dict(args.params), args.only)
+    done = f"{len(summary['notebooks'])} notebooks in {summary['wall_seconds']:.0f} s"
+    print(f"done: {done}; summary in {Path(args.out) / 'summary.json'}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from sftlib.pipeline import run_demo
+
+    run_demo(args.out, args.config, args.overrides, dict(args.params))
+    return 0
+
+
 # --------------------------------------------------------------------------- entry
 
 
@@ -155,13 +247,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return getattr(exc, "exit_code", 1)  # guards.Interrupted: 128 + the signal number
     except KeyboardInterrupt:
         print("error: interrupted.", file=sys.stderr)
         return 130
     except Exception as exc:  # a library's error: still one line, with the way to see more
         if args.debug:
             raise
+        known = describe_os_error(exc)  # disk full, permission denied, a file where a folder should be
+        if known is not None:
+            print(f"error: {known}", file=sys.stderr)
+            return 1
         text = str(exc).strip().splitlines()
         print(f"error: {type(exc).__name__}: {text[0] if text else ''} (run with --debug for the traceback)", file=sys.stderr)
         return 1

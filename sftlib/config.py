@@ -93,7 +93,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SftlibError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}.") from None
+        raise SftlibError(
+            f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}.",
+            "correct the YAML there. Configs hold plain values only: tags such as !!python/object are refused.",
+        ) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -28,10 +28,8 @@ INSTRUCTION = "Write this date as YYYY-MM-DD:"
 FIRST_DATE = dt.date(1950, 1, 1)
 LAST_DATE = dt.date(2049, 12, 31)
 
-MONTHS = (
-    "January February March April May June July August September October November December"
-).split()
-ORDINAL_WORDS = (
+MONTHS = "January February March April May June July August September October November December".split()  # noqa: SIM905
+ORDINAL_WORDS = (  # noqa: SIM905
     "first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth "
     "thirteenth fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth twentieth "
     "twenty-first twenty-second twenty-third twenty-fourth twenty-fifth twenty-sixth "
@@ -43,7 +41,7 @@ def ordinal_suffix(day: int) -> str:
     """1 -> "1st", 2 -> "2nd", 11 -> "11th", 23 -> "23rd"."""
     if 10 <= day % 100 <= 20:
         return f"{day}th"
-    return f"{day}{ {1: 'st', 2: 'nd', 3: 'rd'}.get(day % 10, 'th')}"
+    return f"{day}{ {1: 'st', 2: 'nd', 3: 'rd'}.get(day % 10, 'th') }"
 
 
 def _month(d: dt.date) -> str:
@@ -87,7 +85,9 @@ def make_row(d: dt.date, style: str) -> dict:
     }
 
 
-def build_demo_rows(n_train: int = N_TRAIN, n_eval: int = N_EVAL, seed: int = SEED) -> tuple[list[dict], list[dict]]:
+def build_demo_rows(
+    n_train: int = N_TRAIN, n_eval: int = N_EVAL, seed: int = SEED
+) -> tuple[list[dict], list[dict]]:
     """Return (train_rows, test_rows) of chat `messages` rows; the same seed gives the same rows.
 
     Every row has its own calendar date, so no test date (in any style) appears in train. Styles
@@ -133,7 +133,10 @@ def write_demo_dataset(
     """Write `train.jsonl` and `test.jsonl` into `out_dir`; return {"train": path, "test": path}."""
     train, test = build_demo_rows(n_train, n_eval, seed)
     out_dir = Path(out_dir)
-    return {"train": write_jsonl(train, out_dir / "train.jsonl"), "test": write_jsonl(test, out_dir / "test.jsonl")}
+    return {
+        "train": write_jsonl(train, out_dir / "train.jsonl"),
+        "test": write_jsonl(test, out_dir / "test.jsonl"),
+    }
 
 
 def split_prompt_reference(rows: list[dict]) -> tuple[list[list[dict]], list[str]]:

@@ -11,3 +11,50 @@ class SftlibError(Exception):
         self.message = message
         self.fix = fix
         super().__init__(f"{message} Fix: {fix}" if fix else message)
+
+
+def describe_os_error(exc: BaseException) -> SftlibError | None:
+    """A clear message for the file-system errors any command can meet, or None for other errors.
+
+    A full disk is recognised through the exception's causes too (libraries re-raise it as their
+    own error); the other cases only when `exc` itself is the OSError.
+    """
+    import errno
+
+    seen = exc
+    while seen is not None and getattr(seen, "errno", None) not in (errno.ENOSPC, errno.EDQUOT):
+        seen = seen.__cause__ or seen.__context__
+    if seen is None:
+        seen = exc
+    code = getattr(seen, "errno", None) if isinstance(seen, OSError) else None
+    if code is None and "No space left on device" in str(exc):
+        code = errno.ENOSPC
+    if code is None:
+        return None
+    where = f" ({seen.filename})" if getattr(seen, "filename", None) else ""
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return SftlibError(
+            f"the disk is full: no space left on device while writing{where}.",
+            "free disk space (delete old runs or checkpoints; training.save_total_limit keeps fewer) or set "
+            "training.output_dir on a disk with room, then run again (a training run continues with --resume).",
+        )
+    if code in (errno.EACCES, errno.EPERM):
+        return SftlibError(
+            f"permission denied{where}.", "choose a path you can write to, or fix its permissions."
+        )
+    if code == errno.EROFS:
+        return SftlibError(f"read-only file system{where}.", "choose a path on a writable disk.")
+    if code == errno.ENOTDIR or (code == errno.EEXIST and _is_file(getattr(seen, "filename", None))):
+        return SftlibError(
+            f"a part of the path{where} is a file, not a folder.",
+            "choose a path (training.output_dir, --out) whose parent folders are folders.",
+        )
+    if code == errno.ENOENT:
+        return SftlibError(f"no such file or folder{where}.", "check the path, and create its parent folder.")
+    return None
+
+
+def _is_file(path) -> bool:
+    import os
+
+    return bool(path) and os.path.isfile(path)

@@ -29,6 +29,19 @@ def _torch_dtype(dtype):
     return dtype if dtype == "auto" else getattr(torch, dtype)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX tiles).
+
+    Without either, PyTorch emulates bf16 on the CPU: measured on an AVX512 Xeon without them,
+    SmolLM2-135M generated 5.5x slower in bf16 than in float32, and a LoRA step was slower still.
+    Pick float32 on such CPUs. The torch.cpu probes are private, so a missing one reads as False.
+    """
+    import torch
+
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
 def _check_dir(path: str, what: str) -> Path:
     folder = Path(path)
     if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
@@ -99,7 +112,9 @@ def _prompt_texts(tokenizer, prompts) -> tuple[list[str], bool]:
                 "the tokenizer has no chat template, so chat prompts cannot be rendered.",
                 "pass plain string prompts, or use a tokenizer with a chat template.",
             )
-        texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+        texts = [
+            tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts
+        ]
         return texts, False
     raise SftlibError(
         "prompts must be all strings or all chat message lists ([{'role': ..., 'content': ...}]).",
@@ -128,7 +143,6 @@ def generate(
     if batch_size < 1:
         raise SftlibError(f"batch_size must be at least 1, got {batch_size}.")
     texts, add_special_tokens = _prompt_texts(tokenizer, prompts)
-    tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]]
@@ -139,7 +153,11 @@ def generate(
     device = next(model.parameters()).device
     for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress):
         enc = tokenizer(
-            [texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=add_special_tokens
+            [texts[i] for i in batch],
+            return_tensors="pt",
+            padding=True,
+            padding_side="left",  # per call: the tokenizer may be shared with training, which pads right
+            add_special_tokens=add_special_tokens,
         ).to(device)
         with torch.inference_mode():
             out = model.generate(

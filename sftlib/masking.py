@@ -562,12 +562,33 @@ def format_report(prepared: Prepared, cfg: RunConfig, tokenizer) -> str:
     """The text `sftlib check` prints: format, per-split counts, and the first example's mask."""
     lines = [f"dataset: {cfg.dataset.name}", f"format: {prepared.format} ({prepared.format_reason})"]
     lines += [f"{split}: {summary_line(rep)}" for split, rep in prepared.report.items()]
+    for split, part in (("train", prepared.train), ("eval", prepared.eval)):
+        if part is not None and len(part):
+            lines += length_lines(split, part)
     ds = prepared.train if prepared.train is not None else prepared.eval
     if ds is not None and len(ds):
         row = ds[0]
         lines.append(f"example (row {row['index']}), trained tokens in [[ ]]:")
         lines.append(render_view(token_view(row["input_ids"], row["labels"], tokenizer)))
     return "\n".join(lines)
+
+
+def length_lines(split: str, ds: Dataset) -> list[str]:
+    """Token-length percentiles of prompt (untrained) and completion (trained) parts, and the trained fraction."""
+    import numpy as np
+
+    total = np.asarray(ds["num_tokens"])
+    trained = np.asarray(ds["num_trained_tokens"])
+    qs = (50, 90, 99, 100)
+
+    def pct(values) -> str:
+        return ", ".join(f"p{q}={int(np.percentile(values, q))}" for q in qs)
+
+    return [
+        f"{split} prompt tokens: {pct(total - trained)}",
+        f"{split} completion tokens: {pct(trained)}",
+        f"{split} trained-token fraction: {trained.sum() / max(total.sum(), 1):.3f}",
+    ]
 
 
 def write_masks_jsonl(ds: Dataset, tokenizer, path: Path, with_text: bool = False) -> int:

@@ -33,7 +33,11 @@ def load_base_with_adapter(model_cfg: ModelConfig, adapter_dir: str | Path, dtyp
 
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
-        raise SftlibError(f"{adapter_dir} holds no LoRA adapter (adapter_config.json is missing).")
+        raise SftlibError(
+            f"{adapter_dir} holds no LoRA adapter (adapter_config.json is missing).",
+            "train a LoRA run into this output_dir first (sftlib train with model.use_lora: true), "
+            "or point training.output_dir at one.",
+        )
     base = modeling.load_model(_unquantized(model_cfg, dtype), quantize=False)
     return PeftModel.from_pretrained(base, str(adapter_dir))
 

@@ -32,7 +32,10 @@ def resolve_path(model_cfg: ModelConfig) -> str:
                 "or embedded:SmolLM2-135M-Instruct.",
             )
         if local.is_dir() and not (local / "config.json").is_file():
-            raise SftlibError(f"model.path {path!r} has no config.json, so it is not a saved model folder.")
+            raise SftlibError(
+                f"model.path {path!r} has no config.json, so it is not a saved model folder.",
+                "point model.path at the folder that save_pretrained wrote (config.json and *.safetensors).",
+            )
     return path
 
 
@@ -48,7 +51,10 @@ def load_tokenizer(model_cfg: ModelConfig):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise SftlibError(f"could not load a tokenizer from {path!r}: {_first_line(exc)}") from exc
+        raise SftlibError(
+            f"could not load a tokenizer from {path!r}: {_first_line(exc)}",
+            "point model.path at a folder holding the model's tokenizer files (tokenizer.json, tokenizer_config.json).",
+        ) from exc
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise SftlibError(f"the tokenizer of {path!r} has neither a pad nor an EOS token.")
@@ -77,18 +83,41 @@ def quantization_config(model_cfg: ModelConfig):
 
 
 def load_model(model_cfg: ModelConfig, *, quantize: bool = True, device_map=None):
-    """The causal LM as configured. `quantize=False` loads the base unquantized (for merging)."""
+    """The causal LM as configured. `quantize=False` loads the base unquantized (for merging).
+
+    4-bit weights are placed when loaded, so QLoRA puts the whole model on this process's own GPU
+    (`device_map={"": local_process_index}`): under DDP each rank trains its own full copy on its GPU.
+    """
     from transformers import AutoModelForCausalLM
 
     path = resolve_path(model_cfg)
-    kwargs = {"dtype": torch_dtype(model_cfg.dtype), "trust_remote_code": model_cfg.trust_remote_code}
+    kwargs = {
+        "dtype": torch_dtype(model_cfg.dtype),
+        "trust_remote_code": model_cfg.trust_remote_code,
+        "use_safetensors": True,  # never unpickle weights (a .bin file can run code when loaded)
+    }
     if quantize and model_cfg.load_in_4bit:
         kwargs["quantization_config"] = quantization_config(model_cfg)
-        kwargs["device_map"] = device_map
+        kwargs["device_map"] = device_map if device_map is not None else this_process_device_map()
     try:
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
-        raise SftlibError(f"could not load model {path!r}: {_first_line(exc)}") from exc
+        raise SftlibError(
+            f"could not load model {path!r}: {_first_line(exc)}",
+            "check model.path; sftlib loads weights from safetensors only (re-save pickled .bin weights "
+            "with save_pretrained(folder, safe_serialization=True)).",
+        ) from exc
+
+
+def this_process_device_map() -> dict[str, int | str]:
+    """The whole model on this process's GPU: local rank, not global rank, which exceeds the GPU
+    count on every machine but the first. CPU when there is no GPU."""
+    import torch
+    from accelerate import PartialState
+
+    if not torch.cuda.is_available():
+        return {"": "cpu"}
+    return {"": PartialState().local_process_index}
 
 
 def lora_config(model_cfg: ModelConfig, model=None):

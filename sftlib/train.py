@@ -1,8 +1,8 @@
 """RunConfig -> SFTConfig + SFTTrainer -> the seed's output layout.
 
 One code path for every launch: in-process, `accelerate launch -m sftlib train`, and the
-notebook's `accelerate.notebook_launcher` (see `launch`). Only the main process writes
-artifacts; saving and merging happen once.
+notebook's `launch(num_processes=N)` through accelerate.notebook_launcher. Only the main process writes artifacts;
+saving and merging happen once; after training every rank's parameters are checked to be equal.
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ def sft_config(cfg: RunConfig, **overrides: Any):
     kwargs = dict(cfg.training)
     kwargs["max_length"] = cfg.model.max_seq_length
     kwargs.setdefault("report_to", "none")
+    # Every trainable weight (LoRA or full) takes part in each forward pass, so DDP's extra graph walk to
+    # find unused ones only costs time. A model with unused weights gets DDP's error naming this setting.
+    kwargs.setdefault("ddp_find_unused_parameters", False)
     if not torch.cuda.is_available():
         kwargs.setdefault("use_cpu", True)
     kwargs.update(overrides)
@@ -41,71 +44,58 @@ def sft_config(cfg: RunConfig, **overrides: Any):
 
 
 def check_output_dir(output_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to train into a finished run unless --overwrite or --resume says so."""
-    finished = (output_dir / RUN_INFO).exists() or (output_dir / "model.safetensors").exists()
-    if finished and not (resume or overwrite):
-        raise SftlibError(
-            f"{output_dir} already holds a finished run.",
-            "pass --overwrite to replace it, --resume to continue it, or choose another training.output_dir.",
-        )
+    """Refuse to train into a finished or interrupted run unless --overwrite or --resume says so."""
+    from sftlib import checkpoints
+
+    checkpoints.check_output_dir(output_dir, resume=resume, overwrite=overwrite)
 
 
 def distributed_state(use_cpu: bool):
-    """The process group, created for CPU when there is no GPU.
+    """The process group, checked against what was launched (see sftlib.distributed)."""
+    from sftlib import distributed
 
-    Without `cpu=True`, a process started by notebook_launcher on a CPU machine sees world size 1
-    and N processes would silently train N independent copies.
-    """
-    from accelerate import PartialState
-
-    state = PartialState(cpu=use_cpu)
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched != state.num_processes:
-        raise SftlibError(
-            f"{launched} processes were launched but the trainer sees world size {state.num_processes}.",
-            "launch with `accelerate launch` or sftlib.train.launch, and create no Accelerator before it.",
-        )
-    return state
+    return distributed.distributed_state(use_cpu)
 
 
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune as configured; returns the run info (also written to output_dir/run_info.json)."""
-    from trl import SFTTrainer
-
-    from sftlib import masking, modeling
+    from sftlib import checkpoints, distributed, fastpath, guards, masking, modeling
 
     args = sft_config(cfg)
     state = distributed_state(args.use_cpu)
+    distributed.check_supported(cfg.model)
     out = cfg.output_dir
     check_output_dir(out, resume=resume, overwrite=overwrite)
+    resume_from = checkpoints.resume_checkpoint(out) if resume else None
     if overwrite and not resume and state.is_main_process:
         clear_output_dir(out)
     state.wait_for_everyone()
     if state.is_main_process:
         write_resolved(cfg, out)
 
-    tokenizer = modeling.load_tokenizer(cfg.model)
-    data = masking.prepare(cfg, tokenizer)
+    with state.local_main_process_first():  # local rank 0 fills this machine's datasets/model caches first
+        tokenizer = modeling.load_tokenizer(cfg.model)
+        data = masking.prepare(cfg, tokenizer)
     model = modeling.load_model(cfg.model)
     model.config.use_cache = False  # a KV cache in train mode lets packed sequences attend across boundaries
     peft_config = modeling.lora_config(cfg.model, model) if cfg.model.use_lora else None
 
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=data.train,
-        eval_dataset=data.eval,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
-    result = trainer.train(resume_from_checkpoint=_resume_checkpoint(out) if resume else None)
+    # The fast path (packed micro-batches, same examples per step) where it applies; see sftlib.fastpath
+    trainer = fastpath.build_trainer(cfg, args, model, tokenizer, data.train, data.eval, peft_config)
+    with guards.guarded(trainer, cfg):  # complete checkpoints, SIGINT/SIGTERM, NaN/inf loss
+        result = trainer.train(resume_from_checkpoint=resume_from)
+    fingerprints = distributed.check_ranks_agree(trainer.model)  # SftlibError if ranks trained apart
     save_outputs(trainer, cfg, tokenizer)
 
+    runtime_s = result.metrics.get("train_runtime", 0.0)
     info = {
         "world_size": state.num_processes,
-        "distributed_type": str(state.distributed_type.value if hasattr(state.distributed_type, "value") else state.distributed_type),
+        "distributed_type": distributed.type_name(trainer.accelerator.distributed_type),
         "global_step": trainer.state.global_step,
-        "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 3),
+        "train_runtime_s": round(runtime_s, 3),
+        "tokens_per_second": distributed.throughput(trainer.state.log_history, runtime_s),
+        **distributed.peak_memory(),  # rank 0's
+        "rank_param_fingerprints": fingerprints,
         "final_loss": _final_loss(trainer.state.log_history, result.training_loss),
         "train_loss": result.training_loss,
         "model_path": cfg.model.path,
@@ -124,34 +114,23 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
 
 
 def save_outputs(trainer, cfg: RunConfig, tokenizer) -> None:
-    """The seed's layout: adapter in lora_weights/, merged model + tokenizer in output_dir."""
-    from sftlib import merge
+    """The seed's layout: adapter in lora_weights/, merged model + tokenizer in output_dir.
+
+    Every folder is written through a staging folder, moved in, reloaded and compared (artifacts).
+    """
+    from sftlib import artifacts, merge
 
     out = cfg.output_dir
     if cfg.model.use_lora:
         adapter_dir = out / ADAPTER_DIRNAME
-        trainer.save_model(str(adapter_dir))  # every rank: FSDP/DeepSpeed gather the weights here
+        artifacts.save_trained(trainer, adapter_dir)  # every rank: FSDP/DeepSpeed gather the weights here
         if trainer.accelerator.is_main_process:
-            _drop_pickles(adapter_dir)
-            merge.merge_adapter(cfg.model, adapter_dir, out)
-            tokenizer.save_pretrained(out)
+            merged = merge.merge_adapter(cfg.model, adapter_dir, out)
+            artifacts.verify_safetensors(out, merged.state_dict())
+            artifacts.write_atomically(out, tokenizer.save_pretrained)
     else:
-        trainer.save_model(str(out))
-        if trainer.accelerator.is_main_process:
-            _drop_pickles(out)
+        artifacts.save_trained(trainer, out)
     trainer.accelerator.wait_for_everyone()
-
-
-def _drop_pickles(folder: Path) -> None:
-    # Trainer.save_model also pickles the TrainingArguments; final artifacts are safetensors + JSON only.
-    (folder / "training_args.bin").unlink(missing_ok=True)
-
-
-def _resume_checkpoint(out: Path) -> str | bool:
-    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    if not checkpoints:
-        raise SftlibError(f"--resume: {out} holds no checkpoint-* folder.", "run without --resume to start afresh.")
-    return str(checkpoints[-1])
 
 
 def _final_loss(history: list[dict], fallback: float) -> float:
@@ -202,30 +181,46 @@ def launch(
     num_processes: int = 1,
     resume: bool = False,
     overwrite: bool = False,
+    accelerate_config: str | None = None,
 ) -> dict[str, Any]:
-    """Train from a notebook: in-process for 1, through accelerate.notebook_launcher for N > 1.
+    """Train from a notebook. Returns output_dir/run_info.json.
 
-    Every process runs `run_from_files`, the same code as `accelerate launch -m sftlib train`.
+    - 1 process: in this kernel.
+    - N > 1: `accelerate.notebook_launcher` forks N workers, each running `run_from_files`, the
+      same code as `accelerate launch -m sftlib train`. The kernel must not have imported
+      bitsandbytes yet (accelerate refuses to fork then), so nothing here loads the config
+      before the fork: the workers validate it.
+    - `accelerate_config` (FSDP, DeepSpeed, multi-node): notebook_launcher can't take a launch
+      config file, so this runs `accelerate launch --config_file ...` as a child process.
     """
     if num_processes < 1:
         raise SftlibError(f"num_processes must be at least 1, got {num_processes}.")
-    if num_processes == 1:
+    if accelerate_config:
+        from sftlib import distributed
+
+        cmd = distributed.launch_command(
+            config_path, list(overrides), num_processes, accelerate_config=accelerate_config, resume=resume, overwrite=overwrite
+        )
+        distributed.run_streaming(cmd)
+    elif num_processes == 1:
         return run_from_files(config_path, list(overrides), resume, overwrite)
-    from accelerate import notebook_launcher
+    else:
+        import sys
 
-    cfg = load_config(config_path, overrides)  # fail fast, in the notebook, on a bad config
-    notebook_launcher(
-        run_from_files,
-        args=(config_path, list(overrides), resume, overwrite),
-        num_processes=num_processes,
-        use_port=str(_free_port()),
-    )
-    return read_run_info(cfg.output_dir)
+        from accelerate import notebook_launcher
 
+        if "bitsandbytes" in sys.modules:
+            raise SftlibError(
+                "NUM_PROCESSES > 1 needs a fresh kernel: this one already imported bitsandbytes "
+                "(through transformers), and accelerate.notebook_launcher refuses to fork after that.",
+                "restart the kernel and run the launch cell before any cell that loads a model or config.",
+            )
+        from sftlib import distributed
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        notebook_launcher(
+            run_from_files,
+            args=(config_path, list(overrides), resume, overwrite),
+            num_processes=num_processes,
+            use_port=str(distributed.free_port()),
+        )
+    return read_run_info(load_config(config_path, overrides).output_dir)

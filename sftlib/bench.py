@@ -1,0 +1,417 @@
+"""`sftlib bench`: sftlib's default training path against a seed-style plain TRL run, same data and seed.
+
+The parent process measures the bf16 and fp32 matmul ceilings, tokenizes once (warming the
+datasets cache), then runs each side in its own subprocess so that each side's peak RSS
+(ru_maxrss) is its own:
+
+- baseline: plain `trl.SFTTrainer` as the seed ran it: TRL's defaults (bf16 autocast, activation
+  checkpointing on), the checkpoint's dtype, the config's batch size, accumulation, max_length,
+  learning rate and seed; no packing, each micro-batch padded to its longest example.
+- sftlib: exactly what `sftlib train` builds for the config (`sftlib.fastpath.build_trainer`).
+
+Both sides draw the same examples in the same order. The first optimizer step is warm-up and not
+timed. Token counts are real (non-pad) tokens; "trained" tokens are those that carry loss.
+Model FLOPs per real token: 6N for full fine-tuning, 4N for LoRA (no weight gradients for the
+frozen base), N = weights of the matmuls (lm_head included), plus causal attention
+(3 x 4 x layers x attention width x (position + 1) per token), so MFU does not reward padding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+SIDES = ("baseline", "sftlib")
+CHAT_MIX_ROWS = 2000
+
+
+# --------------------------------------------------------------------------- data
+
+
+def write_chat_mix(path: Path, n: int = CHAT_MIX_ROWS, seed: int = 0) -> Path:
+    """A deterministic ShareGPT-like chat set: 1-4 turns, log-normal message lengths, some system prompts.
+
+    With SmolLM2's tokenizer and max_length 512: mean ~275 tokens, median ~240, ~15% truncated,
+    ~44% padding when batches of 8 are padded to their longest (ShareGPT: ~46%).
+    """
+    rng = random.Random(seed)
+    vocab_rng = random.Random(1234)
+    syllables = [
+        "ka",
+        "lo",
+        "mi",
+        "tra",
+        "ven",
+        "sol",
+        "dar",
+        "ith",
+        "pen",
+        "qu",
+        "ro",
+        "sa",
+        "te",
+        "ul",
+        "bri",
+        "mon",
+        "el",
+        "fa",
+        "gor",
+        "hin",
+    ]
+    words = [
+        "the",
+        "a",
+        "of",
+        "to",
+        "and",
+        "is",
+        "in",
+        "that",
+        "it",
+        "for",
+        "you",
+        "with",
+        "on",
+        "as",
+        "this",
+        "be",
+        "are",
+        "can",
+        "what",
+        "how",
+    ]
+    words += [
+        "".join(vocab_rng.choice(syllables) for _ in range(vocab_rng.randint(1, 3))) for _ in range(2000)
+    ]
+
+    def text(n_words: int) -> str:
+        out = []
+        for _ in range(n_words):
+            out.append(rng.choice(words) + (rng.choice(".,?") if rng.random() < 0.08 else ""))
+        return " ".join(out).capitalize()
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for _ in range(n):
+            messages = []
+            if rng.random() < 0.3:
+                messages.append({"role": "system", "content": text(rng.randint(5, 30))})
+            for _turn in range(rng.choice([1, 1, 1, 2, 2, 3, 4])):
+                messages.append({"role": "user", "content": text(max(3, int(math.exp(rng.gauss(2.3, 0.9)))))})
+                messages.append(
+                    {"role": "assistant", "content": text(max(3, int(math.exp(rng.gauss(3.3, 1.0)))))}
+                )
+            fh.write(json.dumps({"messages": messages}) + "\n")
+    return path
+
+
+def chat_mix_overrides(folder: Path) -> list[str]:
+    path = write_chat_mix(folder / "chat_mix.jsonl")
+    return [
+        f"dataset.name={path}",
+        "dataset.eval_split=null",
+        "dataset.eval_size=null",
+        "dataset.max_samples=null",
+    ]
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def matmul_gflops(dtype_name: str, n: int = 1024, seconds: float = 1.0) -> float:
+    """Best observed GFLOP/s of an n x n x n matmul in this dtype (best of many: other jobs share the cores)."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.matmul(a, b)
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        torch.matmul(a, b)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t))
+    return best / 1e9
+
+
+def matmul_params(model) -> int:
+    """Weights that take part in a matmul per token: every nn.Linear, the LM head included."""
+    import torch
+
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def train_flops(lengths: list[int], n_params: int, config, lora: bool) -> float:
+    """Model FLOPs to train on examples of these lengths (real tokens only; see the module docstring)."""
+    text = config.get_text_config()
+    width = text.num_attention_heads * getattr(text, "head_dim", text.hidden_size // text.num_attention_heads)
+    dense = (4 if lora else 6) * n_params * sum(lengths)
+    attention = 3 * 4 * text.num_hidden_layers * width * sum(n * (n + 1) / 2 for n in lengths)
+    return dense + attention
+
+
+class Counter:
+    """Wraps a data collator; records each micro-batch's real and trained token counts, in order."""
+
+    def __init__(self, collate):
+        self.collate = collate
+        self.batches: list[tuple[list[int], int]] = []
+
+    def __call__(self, examples):
+        batch = self.collate(examples)
+        labels = batch["labels"]
+        trained = int((labels[:, 1:] != -100).sum())
+        self.batches.append(([len(e["input_ids"]) for e in examples], trained))
+        return batch
+
+
+def step_timer():
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.ends: list[float] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.ends.append(time.perf_counter())
+
+    return StepTimer()
+
+
+# --------------------------------------------------------------------------- one side (a subprocess)
+
+
+def run_side(side: str, config: str, overrides: list[str], steps: int, warmup: int = 1) -> dict[str, Any]:
+    """Train `warmup + steps` optimizer steps on one side; measure the last `steps`."""
+    import dataclasses
+
+    from trl import SFTTrainer
+
+    from sftlib import fastpath, masking, modeling
+    from sftlib.config import load_config
+    from sftlib.train import sft_config
+
+    out_dir = tempfile.mkdtemp(prefix=f"sftlib-bench-{side}-")
+    cfg = load_config(config, overrides)
+    tokenizer = modeling.load_tokenizer(cfg.model)
+    train = masking.prepare(cfg, tokenizer, splits=("train",)).train
+    total = warmup + steps
+    run = {
+        "output_dir": out_dir,
+        "max_steps": total,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "logging_steps": total,
+    }
+    if side == "baseline":
+        from trl import SFTConfig
+
+        t = cfg.training
+        model_cfg = dataclasses.replace(cfg.model, dtype=None)
+        model = modeling.load_model(model_cfg)
+        args = SFTConfig(
+            per_device_train_batch_size=t.get("per_device_train_batch_size", 8),
+            gradient_accumulation_steps=t.get("gradient_accumulation_steps", 1),
+            learning_rate=t.get("learning_rate", 2e-5),
+            seed=t.get("seed", 42),
+            max_length=cfg.model.max_seq_length,
+            report_to="none",
+            use_cpu=True,
+            **run,
+        )
+        peft_config = modeling.lora_config(model_cfg, model) if model_cfg.use_lora else None
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=train, processing_class=tokenizer, peft_config=peft_config
+        )
+    else:
+        model = modeling.load_model(cfg.model)
+        model.config.use_cache = False
+        args = sft_config(cfg, **run)
+        peft_config = modeling.lora_config(cfg.model, model) if cfg.model.use_lora else None
+        trainer = fastpath.build_trainer(cfg, args, model, tokenizer, train, None, peft_config)
+    n_params = matmul_params(
+        trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+    )
+    counter = Counter(trainer.data_collator)
+    trainer.data_collator = counter
+    timer = step_timer()
+    trainer.add_callback(timer)
+    trainer.train()
+
+    accumulation = trainer.args.gradient_accumulation_steps
+    timed = counter.batches[warmup * accumulation : total * accumulation]
+    seconds = timer.ends[total - 1] - timer.ends[warmup - 1]
+    lengths = [n for batch, _ in timed for n in batch]
+    trained = sum(t for _, t in timed)
+    flops = train_flops(lengths, n_params, model.config, cfg.model.use_lora)
+    return {
+        "side": side,
+        "steps_timed": steps,
+        "micro_batch_size": trainer.args.per_device_train_batch_size,
+        "gradient_accumulation_steps": accumulation,
+        "activation_checkpointing": bool(trainer.args.gradient_checkpointing),
+        "bf16_autocast": bool(trainer.args.bf16),
+        "weights_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "collator": type(counter.collate).__name__,
+        "examples": len(lengths),
+        "real_tokens": sum(lengths),
+        "trained_tokens": trained,
+        "seconds": seconds,
+        "seconds_per_step": seconds / steps,
+        "tokens_per_second": sum(lengths) / seconds,
+        "trained_tokens_per_second": trained / seconds,
+        "model_flops": flops,
+        "achieved_gflops": flops / seconds / 1e9,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "final_loss": trainer.state.log_history[-1].get("train_loss"),
+    }
+
+
+# --------------------------------------------------------------------------- the comparison (parent)
+
+
+def bench(
+    config: str, overrides: list[str] = (), steps: int = 5, data: str = "config", repeats: int = 1
+) -> dict[str, Any]:
+    """Run both sides `repeats` times, alternating (ABBA...), and compare the best run of each."""
+    from sftlib import masking, modeling
+    from sftlib.config import load_config
+    from sftlib.errors import SftlibError
+
+    overrides = list(overrides)
+    workdir = Path(tempfile.mkdtemp(prefix="sftlib-bench-"))
+    if data == "chat-mix":
+        overrides += chat_mix_overrides(workdir)
+    elif data != "config":
+        raise SftlibError(f"--data {data!r} is not one of config, chat-mix.")
+    cfg = load_config(config, overrides)
+    masking.prepare(
+        cfg, modeling.load_tokenizer(cfg.model), splits=("train",)
+    )  # tokenize once, outside the timings
+
+    ceilings = {"bf16_gflops": matmul_gflops("bfloat16"), "fp32_gflops": matmul_gflops("float32")}
+    runs: dict[str, list[dict]] = {side: [] for side in SIDES}
+    order = [SIDES if r % 2 == 0 else SIDES[::-1] for r in range(repeats)]
+    for sides in order:
+        for side in sides:
+            result_file = workdir / f"{side}-{len(runs[side])}.json"
+            cmd = [
+                sys.executable,
+                "-m",
+                "sftlib.bench",
+                "--side",
+                side,
+                "--config",
+                config,
+                "--steps",
+                str(steps),
+            ]
+            cmd += [x for o in overrides for x in ("--set", o)] + ["--out", str(result_file)]
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"}
+            )
+            if proc.returncode != 0:
+                raise SftlibError(f"bench side {side!r} failed:\n{proc.stderr[-3000:]}")
+            runs[side].append(json.loads(result_file.read_text()))
+    best = {side: max(rs, key=lambda r: r["tokens_per_second"]) for side, rs in runs.items()}
+    base, ours = best["baseline"], best["sftlib"]
+    for r in best.values():
+        r["mfu_bf16"] = r["achieved_gflops"] / ceilings["bf16_gflops"]
+    return {
+        "config": config,
+        "overrides": overrides,
+        "data": data,
+        "steps": steps,
+        "repeats": repeats,
+        "machine": machine(),
+        "ceilings": ceilings,
+        "baseline": base,
+        "sftlib": ours,
+        "runs": runs,
+        "speedup": ours["tokens_per_second"] / base["tokens_per_second"],
+        "rss_ratio": max(r["peak_rss_mb"] for r in runs["sftlib"])
+        / max(r["peak_rss_mb"] for r in runs["baseline"]),
+        "mfu_bf16": ours["mfu_bf16"],
+    }
+
+
+def machine() -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": os.getloadavg(),
+        "torch": torch.__version__,
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The comparison as a fixed-width text table."""
+    rows = [
+        ("real tokens/s", "tokens_per_second", "{:.0f}"),
+        ("trained tokens/s", "trained_tokens_per_second", "{:.0f}"),
+        ("seconds/step", "seconds_per_step", "{:.2f}"),
+        ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"),
+        ("MFU (bf16 ceiling)", "mfu_bf16", "{:.3f}"),
+        ("micro-batch x accum", None, None),
+        ("weights / autocast", None, None),
+        ("act. checkpointing", "activation_checkpointing", "{}"),
+        ("collator", "collator", "{}"),
+    ]
+    b, s = result["baseline"], result["sftlib"]
+    lines = [f"{'':22}{'baseline':>22}{'sftlib':>22}"]
+    for label, key, fmt in rows:
+        if label.startswith("micro"):
+            cells = [f"{r['micro_batch_size']} x {r['gradient_accumulation_steps']}" for r in (b, s)]
+        elif label.startswith("weights"):
+            cells = [f"{r['weights_dtype']} / {'bf16' if r['bf16_autocast'] else 'off'}" for r in (b, s)]
+        else:
+            cells = [fmt.format(r[key]) for r in (b, s)]
+        lines.append(f"{label:22}{cells[0]:>22}{cells[1]:>22}")
+    c = result["ceilings"]
+    lines.append(
+        f"speedup {result['speedup']:.2f}x   rss_ratio {result['rss_ratio']:.2f}   "
+        f"matmul ceilings: bf16 {c['bf16_gflops']:.0f} GFLOP/s, fp32 {c['fp32_gflops']:.0f} GFLOP/s   "
+        f"load average {result['machine']['load_average'][0]:.1f} on {result['machine']['cores']} cores"
+    )
+    return "\n".join(lines)
+
+
+def _side_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m sftlib.bench", description="one side of `sftlib bench` (internal)"
+    )
+    p.add_argument("--side", choices=SIDES, required=True)
+    p.add_argument("--config", required=True)
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    result = run_side(a.side, a.config, a.overrides, a.steps)
+    Path(a.out).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_side_main())

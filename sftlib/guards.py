@@ -1,0 +1,167 @@
+"""What stops a training run early, and how: a stop signal, or a loss that is no longer finite.
+
+- SIGINT / SIGTERM: the step in progress finishes, a checkpoint is saved, training stops and the
+  run ends with `Interrupted` (a non-zero exit that says how to resume). A second signal stops at
+  once, without saving.
+- A NaN or inf loss ends the run with `Diverged`, naming the step, before the optimizer applies
+  that step: no checkpoint is written from it, so the last complete one stays the last good one.
+
+`guarded(trainer, cfg)` installs both (and `checkpoints.CompleteCheckpoints`) around `trainer.train`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from sftlib import checkpoints
+from sftlib.errors import SftlibError
+
+log = logging.getLogger("sftlib")
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(SftlibError):
+    """Training stopped on a signal; `exit_code` is 128 + the signal number, as a shell reports it."""
+
+    def __init__(self, message: str, fix: str | None, signum: int):
+        super().__init__(message, fix)
+        self.exit_code = 128 + int(signum)
+
+
+class Diverged(SftlibError):
+    """The training loss became NaN or inf at `step`."""
+
+    def __init__(self, message: str, fix: str | None, step: int):
+        super().__init__(message, fix)
+        self.step = step
+
+
+def resume_command(cfg) -> str:
+    """The command that continues this run: its own config file, or the resolved one when --set changed it."""
+    from sftlib.config import load_config
+
+    resolved = cfg.output_dir / "resolved_config.yaml"
+    with contextlib.suppress(Exception):
+        if cfg.source and load_config(cfg.source).to_dict() == cfg.to_dict():
+            return f"sftlib train --config {cfg.source} --resume"
+    return f"sftlib train --config {resolved} --resume"
+
+
+class StopOnSignal(TrainerCallback):
+    """Turns SIGINT/SIGTERM into "save a checkpoint after this step, then stop"."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    def request(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt  # a second signal: stop now, without a checkpoint
+        self.signum = signum
+        log.warning(
+            "%s received: saving a checkpoint after this step, then stopping (send it again to stop at once).",
+            signal.Signals(signum).name,
+        )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._stop_requested(args):
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def _stop_requested(self, args) -> bool:
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self.signum is not None
+        # Every rank must stop (and save) at the same step, or the others hang in the next collective.
+        flag = torch.tensor([self.signum or 0], device=args.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if self.signum is None and flag.item():
+            self.signum = int(flag.item())
+        return bool(flag.item())
+
+
+@contextlib.contextmanager
+def _signal_handlers(handler):
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal.signal only works in the main thread; leave the defaults in place
+        return
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _checked_training_step(trainer, cfg):
+    import torch
+
+    original = trainer.training_step
+
+    def training_step(model, inputs, num_items_in_batch=None):
+        loss = original(model, inputs, num_items_in_batch)
+        if not bool(torch.isfinite(loss).all()):
+            step = trainer.state.global_step + 1
+            good = checkpoints.latest_complete(cfg.output_dir)
+            kept = (
+                f"the last good checkpoint is {good}"
+                if good is not None
+                else "no checkpoint had been saved yet"
+            )
+            value = "nan" if bool(torch.isnan(loss).any()) else "inf"
+            raise Diverged(
+                f"the training loss became {value} at step {step}; training stopped before applying that step, "
+                f"and {kept}.",
+                "lower training.learning_rate, keep training.max_grad_norm > 0, or use float32 / bf16 instead of "
+                f"fp16; then start again with --overwrite, or continue with `{resume_command(cfg)}`.",
+                step,
+            )
+        return loss
+
+    return training_step
+
+
+@contextlib.contextmanager
+def guarded(trainer, cfg):
+    """Run the `with` body (`trainer.train(...)`) with complete checkpoints, the stop signals and the loss check.
+
+    Raises `Interrupted` after the body if a stop signal arrived, `Diverged` from inside it if the
+    loss stopped being finite.
+    """
+    marks = checkpoints.install(trainer)
+    stop = StopOnSignal()
+    trainer.add_callback(stop)
+    trainer.training_step = _checked_training_step(trainer, cfg)
+    fix = f"resume with `{resume_command(cfg)}`."
+    try:
+        with _signal_handlers(stop.request):
+            yield
+    except KeyboardInterrupt:
+        good = checkpoints.latest_complete(cfg.output_dir)
+        where = f"the last complete checkpoint is {good}" if good else "no checkpoint was saved"
+        raise Interrupted(
+            f"training stopped at once at step {trainer.state.global_step}; {where}.",
+            fix if good else "start again with --overwrite.",
+            stop.signum or signal.SIGINT,
+        ) from None
+    finally:
+        del trainer.training_step  # back to the class's method
+    if stop.signum is not None:
+        saved = (
+            marks.last_saved if marks.last_saved is not None else checkpoints.latest_complete(cfg.output_dir)
+        )
+        raise Interrupted(
+            f"training stopped by {signal.Signals(stop.signum).name} at step {trainer.state.global_step}; "
+            f"checkpoint saved in {Path(saved) if saved else '(none)'}.",
+            fix,
+            stop.signum,
+        )

@@ -1,0 +1,302 @@
+"""Run the notebooks in order with papermill, and the demo that runs them on the ISO-date task.
+
+`run_pipeline` executes `notebooks/NN_*.ipynb` with the project root as working directory and the
+running interpreter as kernel, writes the executed copies (and HTML exports) into the output folder,
+and merges what each notebook recorded (`RUN_DIR/<notebook>.json`) into `summary.json`. It stops at
+the first failing cell and raises SftlibError naming the notebook, the cell and the error.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sftlib.errors import SftlibError
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS_DIR = ROOT / "notebooks"
+DEMO_CONFIG = "configs/demo.yaml"
+KERNEL_NAME = "sftlib-python"
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def notebooks(only: list[str] | tuple[str, ...] = ()) -> list[Path]:
+    """The suite's notebooks in order; `only` keeps those whose name starts with one of its prefixes."""
+    found = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        found = [p for p in found if any(p.name.startswith(prefix) for prefix in only)]
+        if not found:
+            names = ", ".join(p.stem for p in sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb")))
+            raise SftlibError(f"--only {' '.join(only)} matches no notebook.", f"use a prefix of: {names}.")
+    return found
+
+
+def declared_parameters(path: Path) -> dict[str, dict]:
+    """{name: {inferred_type_name, default, help}} from the notebook's `parameters` cell."""
+    import papermill
+
+    logging.getLogger("papermill").setLevel(logging.WARNING)  # not one "Input Notebook" line per call
+    return papermill.inspect_notebook(str(path))
+
+
+def parse_value(name: str, text: str, type_name: str, notebook: str) -> Any:
+    """The value of `-p NAME TEXT` for a parameter declared as `type_name`; SftlibError if it isn't one."""
+    if type_name in ("str", "None"):
+        return text
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "list": isinstance(value, list),
+        "dict": isinstance(value, dict),
+    }.get(type_name, True)
+    if not ok:
+        example = {"int": "2", "float": "0.5", "bool": "true", "list": "'[a, b]'", "dict": "'{a: 1}'"}[
+            type_name
+        ]
+        raise SftlibError(
+            f"-p {name} {text!r}: {notebook} declares {name} as {type_name}, and {text!r} is not one.",
+            f"give {'an' if type_name == 'int' else 'a'} {type_name}, e.g. -p {name} {example}.",
+        )
+    return float(value) if type_name == "float" else value
+
+
+def resolve_parameters(paths: list[Path], given: dict[str, Any], raw: dict[str, str]) -> dict[Path, dict]:
+    """Per notebook, the parameters it declares: `given` (already typed) and `raw` (-p text, checked
+    against each notebook's declared type). A -p name that no selected notebook declares is an error."""
+    out, used = {}, set()
+    for path in paths:
+        declared = declared_parameters(path)
+        params = {k: v for k, v in given.items() if k in declared}
+        for name, text in raw.items():
+            if name in declared:
+                params[name] = parse_value(name, text, declared[name]["inferred_type_name"], path.stem)
+                used.add(name)
+        out[path] = params
+    unknown = sorted(set(raw) - used)
+    if unknown:
+        names = sorted({n for p in paths for n in declared_parameters(p)})
+        close = difflib.get_close_matches(unknown[0], names, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise SftlibError(
+            f"no selected notebook declares parameter {', '.join(unknown)}.",
+            f"{hint}declared: {', '.join(names)}.",
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_pipeline(
+    config: str,
+    out: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    params: dict[str, str] | None = None,
+    only: list[str] | tuple[str, ...] = (),
+    progress: bool = True,
+    export_html: bool = True,
+) -> dict[str, Any]:
+    """Execute the notebooks in order; returns (and writes to OUT/summary.json) the merged summary.
+
+    `params` maps names to `-p` text, typed by each notebook's declaration. CONFIG, OVERRIDES and
+    RUN_DIR are filled from `config`, `overrides` and `out` for every notebook that declares them.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    from sftlib.config import load_config
+
+    out = Path(out)
+    paths = notebooks(only)
+    given = {"CONFIG": str(config), "OVERRIDES": list(overrides), "RUN_DIR": str(out.resolve())}
+    per_notebook = resolve_parameters(paths, given, dict(params or {}))
+    load_config(config, list(overrides))  # a bad config or --set stops here, before any kernel starts
+    out.mkdir(parents=True, exist_ok=True)
+
+    summary: dict[str, Any] = {"config": str(config), "overrides": list(overrides), "notebooks": {}}
+    start = time.perf_counter()
+    with _kernel_spec() as kernel_name, _headless():
+        for i, path in enumerate(paths, 1):
+            executed = out / path.name
+            print(f"[{i}/{len(paths)}] {path.stem}", file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
+            try:
+                papermill.execute_notebook(
+                    str(path),
+                    str(executed),
+                    parameters=per_notebook[path],
+                    kernel_name=kernel_name,
+                    cwd=str(ROOT),
+                    progress_bar=progress,
+                    language="python",
+                )
+            except PapermillExecutionError as exc:
+                summary["failed"] = {
+                    "notebook": path.stem,
+                    "cell": exc.exec_count,
+                    "error": f"{exc.ename}: {exc.evalue}",
+                }
+                _finish(summary, out, start, export_html and executed)
+                evalue = " ".join(str(exc.evalue).split())
+                raise SftlibError(
+                    f"notebook {path.stem} failed in cell [{exc.exec_count}] ({_first_line(exc.source)}): "
+                    f"{exc.ename}: {evalue} (traceback in {executed})"
+                ) from None
+            summary["notebooks"][path.stem] = {
+                "wall_seconds": round(time.perf_counter() - t0, 2),
+                "executed": str(executed),
+                "results": _read_record(out, path.stem),
+            }
+            if export_html:
+                summary["notebooks"][path.stem]["html"] = str(export_to_html(executed))
+            _finish(summary, out, start)
+    return summary
+
+
+def _finish(summary: dict, out: Path, start: float, failed_notebook: Path | None = None) -> None:
+    """Lift the headline numbers to the top level and write summary.json (after every notebook)."""
+    if failed_notebook and failed_notebook.exists():
+        export_to_html(failed_notebook)
+    results = {name: nb["results"] for name, nb in summary["notebooks"].items()}
+    generated = results.get("05_load_and_generate") or {}
+    for key in ("base", "tuned", "eval_examples"):
+        if key in generated:
+            summary[key] = generated[key]
+    trained = results.get("03_train") or {}
+    if "loss_history" in trained:
+        summary["loss_history"] = trained["loss_history"]
+        summary["world_size"] = trained["world_size"]
+    summary["wall_seconds"] = round(time.perf_counter() - start, 2)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+
+
+def _read_record(out: Path, name: str) -> dict:
+    path = out / f"{name}.json"
+    if not path.is_file():
+        raise SftlibError(f"notebook {name} ran but recorded no results ({path} is missing).")
+    return json.loads(path.read_text())
+
+
+def export_to_html(executed: Path) -> Path:
+    """An HTML copy of an executed notebook next to it (pictures embedded)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+    target = executed.with_suffix(".html")
+    target.write_text(body, encoding="utf-8")
+    return target
+
+
+def _first_line(source: str) -> str:
+    lines = [line for line in str(source).splitlines() if line.strip()]
+    return (
+        (lines[0][:60] + (" ..." if len(lines) > 1 or len(lines[0]) > 60 else "")) if lines else "empty cell"
+    )
+
+
+class _kernel_spec:
+    """A kernelspec for the running interpreter, found through JUPYTER_PATH for the duration.
+
+    A `python3` kernelspec could name another Python (a user's or the system's); the notebooks must
+    run on the interpreter that has this sftlib.
+    """
+
+    def __enter__(self) -> str:
+        self._tmp = tempfile.TemporaryDirectory(prefix="sftlib-kernel-")
+        spec_dir = Path(self._tmp.name) / "kernels" / KERNEL_NAME
+        spec_dir.mkdir(parents=True)
+        spec = {
+            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": f"Python ({sys.executable})",
+            "language": "python",
+        }
+        (spec_dir / "kernel.json").write_text(json.dumps(spec))
+        self._old = os.environ.get("JUPYTER_PATH")
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [self._tmp.name, self._old]))
+        return KERNEL_NAME
+
+    def __exit__(self, *exc) -> None:
+        if self._old is None:
+            os.environ.pop("JUPYTER_PATH", None)
+        else:
+            os.environ["JUPYTER_PATH"] = self._old
+        self._tmp.cleanup()
+
+
+class _headless:
+    """Tell the kernels (they inherit the environment) to render statically: no one moves widgets."""
+
+    def __enter__(self):
+        from sftlib.notebook import HEADLESS_ENV
+
+        self._name, self._old = HEADLESS_ENV, os.environ.get(HEADLESS_ENV)
+        os.environ[HEADLESS_ENV] = "1"
+
+    def __exit__(self, *exc):
+        if self._old is None:
+            os.environ.pop(self._name, None)
+        else:
+            os.environ[self._name] = self._old
+
+
+# --------------------------------------------------------------------------- the demo
+
+
+def run_demo(
+    out: str | Path = "runs/demo",
+    config: str = DEMO_CONFIG,
+    overrides: list[str] | tuple[str, ...] = (),
+    params: dict[str, str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The whole suite on the demo task: the embedded model fails it, is fine-tuned, then solves it.
+
+    The model is materialized if needed and the demo data written if missing; the trained run goes to
+    OUT/model (replacing an earlier demo run), so everything the demo makes lies under OUT.
+    """
+    from sftlib import demo, embedded
+    from sftlib.config import load_config
+
+    out = Path(out)
+    overrides = [f"training.output_dir={out / 'model'}", *overrides]
+    cfg = load_config(config, overrides)
+    embedded.resolve(cfg.model.path)
+    if Path(cfg.dataset.name) == demo.DATA_DIR and not (demo.DATA_DIR / "train.jsonl").is_file():
+        demo.write_demo_dataset()
+    params = {"OVERWRITE": "true", **(params or {})}
+    summary = run_pipeline(config, out, overrides, params, progress=progress)
+    print(demo_report(summary, out, cfg.output_dir))
+    return summary
+
+
+def demo_report(summary: dict, out: Path, model_dir: Path) -> str:
+    base, tuned = summary["base"], summary["tuned"]
+    pictures = sorted(p.name for p in out.glob("*.png")) + sorted(p.name for p in out.glob("*_view.html"))
+    return "\n".join(
+        [
+            f"executed notebooks: {out}/NN_*.ipynb (and .html)",
+            f"plots: {', '.join(pictures)} in {out}",
+            f"merged model: {model_dir} (adapter in {model_dir / 'lora_weights'})",
+            f"summary: {out / 'summary.json'}",
+            f"exact match on {summary['eval_examples']} held-out prompts: "
+            f"base {base['exact_match']:.1f}% -> tuned {tuned['exact_match']:.1f}% "
+            f"(token F1 {base['token_f1']:.1f}% -> {tuned['token_f1']:.1f}%)",
+        ]
+    )

@@ -1,0 +1,144 @@
+"""Generation on the tiny random Llama (real SmolLM2 tokenizer) and scoring on known answers."""
+
+import pytest
+import torch
+
+from sftlib import embedded
+from sftlib.errors import SftlibError
+from sftlib.generate import (
+    cpu_has_fast_bf16,
+    generate,
+    load_for_generation,
+    score,
+    stop_token_ids,
+    token_f1,
+)
+
+TINY = "embedded:tiny-random-llama"
+PROMPTS = [
+    [{"role": "user", "content": "Write this date as YYYY-MM-DD: March 5th, 2021"}],
+    [{"role": "user", "content": "Hi"}],
+    [
+        {
+            "role": "user",
+            "content": "A much longer question, so that this prompt needs no padding at all in its batch.",
+        }
+    ],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "5 Mar 2021?"}],
+]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_for_generation(TINY, dtype="float32")
+
+
+def _force_token(model, token_id):
+    """Make `token_id` the greedy choice at every step; return a list that counts forward passes."""
+    calls = []
+
+    def hook(module, args, output):
+        calls.append(1)
+        output = output.clone()
+        output[..., token_id] += 1e4
+        return output
+
+    model.get_output_embeddings().register_forward_hook(hook)
+    return calls
+
+
+def test_load_for_generation_pads_on_the_left_with_a_pad_token(tiny):
+    model, tokenizer = tiny
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token is not None
+    assert not model.training
+    assert next(model.parameters()).dtype == torch.float32
+
+
+def test_generate_returns_one_string_per_prompt(tiny):
+    out = generate(*tiny, PROMPTS, max_new_tokens=4, batch_size=2, progress=False)
+    assert len(out) == len(PROMPTS) and all(isinstance(s, str) for s in out)
+
+
+def test_batched_left_padded_generation_equals_one_by_one(tiny):
+    model, tokenizer = tiny
+    tokenizer.padding_side = "right"  # as a training run leaves it: generate pads left regardless
+    batched = generate(*tiny, PROMPTS, max_new_tokens=6, batch_size=4, progress=False)
+    assert tokenizer.padding_side == "right"
+    tokenizer.padding_side = "left"
+    single = [generate(*tiny, [p], max_new_tokens=6, batch_size=1, progress=False)[0] for p in PROMPTS]
+    assert batched == single
+
+
+def test_generate_returns_only_new_text_up_to_max_new_tokens():
+    model, tokenizer = load_for_generation(TINY)
+    token_a = tokenizer.convert_tokens_to_ids("A")
+    _force_token(model, token_a)
+    assert generate(model, tokenizer, PROMPTS[:2], max_new_tokens=3, progress=False) == ["AAA", "AAA"]
+    assert generate(model, tokenizer, ["plain text prompt"], max_new_tokens=2, progress=False) == ["AA"]
+
+
+def test_generate_stops_at_the_end_of_turn_token():
+    model, tokenizer = load_for_generation(TINY)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert im_end in stop_token_ids(tokenizer)
+    calls = _force_token(model, im_end)
+    out = generate(model, tokenizer, PROMPTS[:2], max_new_tokens=8, progress=False)
+    assert out == ["", ""]  # the special token is stripped from the answer
+    assert len(calls) == 1  # one decoding step, not eight
+
+
+def test_adapter_is_merged_into_the_base_with_the_same_outputs(tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base_dir = embedded.resolve(TINY)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    config = LoraConfig(
+        r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"
+    )
+    peft_model = get_peft_model(base, config).eval()
+    peft_model.save_pretrained(tmp_path)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        expected = peft_model(ids).logits
+    merged, _ = load_for_generation(base_dir, adapter_dir=str(tmp_path), dtype="float32")
+    assert not hasattr(merged, "peft_config")
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_load_for_generation_refuses_what_is_not_a_model(tmp_path):
+    with pytest.raises(SftlibError, match="not a model folder"):
+        load_for_generation(str(tmp_path))
+    with pytest.raises(SftlibError, match="unknown dtype"):
+        load_for_generation(TINY, dtype="fp8")
+
+
+def test_generate_refuses_mixed_prompt_kinds(tiny):
+    with pytest.raises(SftlibError, match="all strings or all chat"):
+        generate(*tiny, ["text", [{"role": "user", "content": "hi"}]], progress=False)
+    assert generate(*tiny, [], progress=False) == []
+
+
+def test_score_exact_match_strips_whitespace():
+    result = score([" 2021-03-05\n", "2021-03-06", "The date is 2021-03-05."], ["2021-03-05"] * 3)
+    assert result["n"] == 3
+    assert result["exact_match"] == pytest.approx(100 / 3)
+
+
+def test_token_f1_gives_partial_credit_on_a_near_miss():
+    assert token_f1("2021-03-05", "2021-03-05") == 1.0
+    assert token_f1("2021-03-06", "2021-03-05") == pytest.approx(2 / 3)
+    assert token_f1("The date is 2021-03-05.", "2021-03-05") == pytest.approx(2 * 0.6 * 1 / 1.6)
+    assert token_f1("", "") == 1.0 and token_f1("x", "") == 0.0
+    assert score(["a", "b"], ["a", "c"])["token_f1"] == pytest.approx(50.0)
+
+
+def test_score_refuses_mismatched_lengths():
+    with pytest.raises(SftlibError, match="2 predictions for 1 references"):
+        score(["a", "b"], ["a"])
+    assert score([], []) == {"exact_match": 0.0, "token_f1": 0.0, "n": 0}
+
+
+def test_cpu_has_fast_bf16_is_a_plain_bool():
+    assert isinstance(cpu_has_fast_bf16(), bool)
