@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import enum
 import functools
+import re
 import types
 import typing
 from pathlib import Path
@@ -83,13 +84,33 @@ class RunConfig:
 # --------------------------------------------------------------------------- loading
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-4` as a float (YAML 1.1 wants `1.0e-4`; people write `1e-4`)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str):
+    """Safe YAML (no Python tags), with scientific notation read as floats."""
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a YAML config, apply `dotted.key=value` overrides, and validate everything."""
     path = Path(path or DEFAULT_CONFIG)
     if not path.is_file():
         raise SftlibError(f"config file {path} does not exist.", "pass --config PATH to an existing YAML file.")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = parse_yaml(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -122,7 +143,7 @@ def apply_override(raw: dict, item: str) -> None:
             raise SftlibError(f"--set {key}: {'.'.join(parts[: i + 1])} is a value, not a section.")
         node = child
     try:
-        node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+        node[parts[-1]] = parse_yaml(text) if text.strip() else None
     except yaml.YAMLError:
         node[parts[-1]] = text
 
