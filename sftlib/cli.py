@@ -16,7 +16,9 @@ from sftlib.errors import SftlibError, describe_os_error
 
 
 def _add_config(p: argparse.ArgumentParser, required: bool = False) -> None:
-    p.add_argument("--config", required=required, help="YAML config (default: configs/default_train_config.yaml)")
+    p.add_argument(
+        "--config", required=required, help="YAML config (default: configs/default_train_config.yaml)"
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -152,7 +154,9 @@ def cmd_masks(args) -> int:
     cfg, tokenizer, data = _prepared(args, splits=(args.split,), limit=args.limit)
     ds = data.train if args.split == "train" else data.eval
     if ds is None:
-        raise SftlibError("--split eval: the config defines no eval split.", "set dataset.eval_split or dataset.eval_size.")
+        raise SftlibError(
+            "--split eval: the config defines no eval split.", "set dataset.eval_split or dataset.eval_size."
+        )
     n = masking.write_masks_jsonl(ds, tokenizer, Path(args.out), with_text=args.text)
     print(f"wrote {n} examples to {args.out}")
     return 0
@@ -177,7 +181,9 @@ def cmd_generate(args) -> int:
 
     model, tokenizer = generate.load_for_generation(args.model, args.adapter)
     prompts = [[{"role": "user", "content": p}] for p in args.prompt]
-    for prompt, answer in zip(args.prompt, generate.generate(model, tokenizer, prompts, args.max_new_tokens), strict=True):
+    for prompt, answer in zip(
+        args.prompt, generate.generate(model, tokenizer, prompts, args.max_new_tokens), strict=True
+    ):
         print(json.dumps({"prompt": prompt, "completion": answer}))
     return 0
 
@@ -259,7 +265,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {known}", file=sys.stderr)
             return 1
         text = str(exc).strip().splitlines()
-        print(f"error: {type(exc).__name__}: {text[0] if text else ''} (run with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"error: {type(exc).__name__}: {text[0] if text else ''} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

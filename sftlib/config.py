@@ -108,7 +108,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """Read a YAML config, apply `dotted.key=value` overrides, and validate everything."""
     path = Path(path or DEFAULT_CONFIG)
     if not path.is_file():
-        raise SftlibError(f"config file {path} does not exist.", "pass --config PATH to an existing YAML file.")
+        raise SftlibError(
+            f"config file {path} does not exist.", "pass --config PATH to an existing YAML file."
+        )
     try:
         raw = parse_yaml(path.read_text())
     except yaml.YAMLError as exc:
@@ -134,7 +136,9 @@ def apply_override(raw: dict, item: str) -> None:
     """Set `a.b.c=value` in a nested dict. The value is parsed as YAML (`3`, `true`, `[a, b]`)."""
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
-        raise SftlibError(f"--set {item!r} is not of the form dotted.key=value.", "write e.g. --set training.max_steps=3.")
+        raise SftlibError(
+            f"--set {item!r} is not of the form dotted.key=value.", "write e.g. --set training.max_steps=3."
+        )
     parts = key.strip().split(".")
     node = raw
     for i, part in enumerate(parts[:-1]):
@@ -152,12 +156,17 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
     _check_keys(raw, ("model", "dataset", "training"), "")
     for section in ("model", "dataset"):
         if section not in raw or raw[section] is None:
-            raise SftlibError(f"the config has no `{section}` section.", f"add a `{section}:` mapping (see configs/).")
+            raise SftlibError(
+                f"the config has no `{section}` section.", f"add a `{section}:` mapping (see configs/)."
+            )
     model_raw = dict(_section(raw, "model"))
     lora_raw = model_raw.pop("lora_config", None) or {}
     if not isinstance(lora_raw, dict):
         raise SftlibError("model.lora_config must be a mapping of LoRA settings (r, lora_alpha, ...).")
-    model = ModelConfig(lora_config=_build(LoraSettings, lora_raw, "model.lora_config"), **_fields(ModelConfig, model_raw, "model", skip={"lora_config"}))
+    model = ModelConfig(
+        lora_config=_build(LoraSettings, lora_raw, "model.lora_config"),
+        **_fields(ModelConfig, model_raw, "model", skip={"lora_config"}),
+    )
     dataset = _build(DatasetConfig, _section(raw, "dataset"), "dataset")
     training = validate_training(_section(raw, "training") if raw.get("training") is not None else {})
     cfg = RunConfig(model=model, dataset=dataset, training=training)
@@ -176,7 +185,11 @@ def _fields(cls, raw: dict, where: str, skip: set[str] = frozenset()) -> dict:
     names = [f.name for f in dataclasses.fields(cls)]
     _check_keys(raw, names, where)
     hints = typing.get_type_hints(cls)
-    required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     for name in required:
         if name not in raw or raw[name] in (None, ""):
             raise SftlibError(f"{where}.{name} is required.", f"set `{name}:` under `{where}:`.")
@@ -302,7 +315,9 @@ def _check_cross_fields(cfg: RunConfig) -> None:
     if m.lora_config.r <= 0:
         raise SftlibError(f"model.lora_config.r must be positive, got {m.lora_config.r}.")
     if not 0 <= m.lora_config.lora_dropout < 1:
-        raise SftlibError(f"model.lora_config.lora_dropout must be in [0, 1), got {m.lora_config.lora_dropout}.")
+        raise SftlibError(
+            f"model.lora_config.lora_dropout must be in [0, 1), got {m.lora_config.lora_dropout}."
+        )
     if d.eval_split and d.eval_size:
         raise SftlibError("dataset.eval_split and dataset.eval_size are both set.", "keep one of them.")
     if isinstance(d.eval_size, float) and not 0 < d.eval_size < 1:

@@ -39,7 +39,9 @@ def resolve(path: str) -> str:
         return path
     name = path[len(PREFIX) :]
     if name not in NAMES:
-        raise SftlibError(f"unknown embedded model {path!r}.", f"use one of: {', '.join(PREFIX + n for n in NAMES)}.")
+        raise SftlibError(
+            f"unknown embedded model {path!r}.", f"use one of: {', '.join(PREFIX + n for n in NAMES)}."
+        )
     target = cache_root() / name
     if not (target / "config.json").is_file():
         materialize(name, target)

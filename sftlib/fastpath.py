@@ -125,6 +125,84 @@ def plan(batch_size: int, accumulation: int, longest: int, token_budget: int = D
     return Plan(best, effective // best, effective, best * longest)
 
 
+LOSS_CHUNK = 1024  # trained tokens per LM-head tile: bounds the [tokens, vocab] logits held at once
+
+
+def trained_token_loss(hidden, weight, labels, num_items=None, chunk: int = LOSS_CHUNK):
+    """Causal LM loss from the backbone's hidden states, scoring only the trained positions.
+
+    hidden [B, L, H], labels [B, L] unshifted (-100 = not trained). The LM head runs on the
+    positions whose next token is trained, in checkpointed tiles of `chunk` tokens: no [B, L, vocab]
+    logits, no work on prompts or padding. Returns the summed loss / num_items (default: the number of
+    trained tokens).
+    """
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    targets = labels[:, 1:]
+    mask = targets != IGNORE
+    selected, targets = hidden[:, :-1][mask], targets[mask]
+    total = hidden.sum() * 0.0  # connected to the graph even when nothing is trained
+    for start in range(0, targets.numel(), chunk):
+        h, t = selected[start : start + chunk], targets[start : start + chunk]
+        total = total + checkpoint(_tile_nll, h, weight, t, use_reentrant=False)
+    denominator = targets.numel() if num_items is None else num_items
+    return total / torch.as_tensor(denominator, device=total.device).clamp(min=1)
+
+
+def _tile_nll(h, weight, t):
+    import torch
+
+    logits = torch.nn.functional.linear(h, weight)
+    return torch.nn.functional.cross_entropy(logits.float(), t, reduction="sum")
+
+
+def fast_trainer_class():
+    """SFTTrainer with `trained_token_loss` on one process (the backbone is called directly, so DDP is
+    left to TRL's own loss)."""
+    from trl import SFTTrainer
+
+    class FastSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            base = self.accelerator.unwrap_model(model)
+            base = base.get_base_model() if hasattr(base, "get_base_model") else base
+            simple = not return_outputs and self.accelerator.num_processes == 1 and "position_ids" in inputs
+            if not (simple and _plain_lm_head(base)):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            backbone = getattr(base, base.base_model_prefix)
+            hidden = backbone(
+                input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], use_cache=False
+            ).last_hidden_state
+            weight = base.get_output_embeddings().weight
+            loss = trained_token_loss(hidden, weight, inputs["labels"], num_items_in_batch)
+            mode = "train" if self.model.training else "eval"
+            if mode == "train":
+                self._total_train_tokens += inputs["input_ids"].numel()
+                self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            return loss
+
+    return FastSFTTrainer
+
+
+def _plain_lm_head(model) -> bool:
+    """logits = hidden @ W.T exactly: a plain Linear head without bias, adapter, scaling or softcap."""
+    import torch
+
+    head = model.get_output_embeddings()
+    text = model.config.get_text_config()
+    scaled = any(
+        getattr(text, k, None) not in (None, 1.0)
+        for k in (
+            "final_logit_softcapping",
+            "logit_scale",
+            "output_multiplier",
+            "lm_head_multiplier",
+            "logits_scaling",
+        )
+    )
+    return type(head) is torch.nn.Linear and head.bias is None and not scaled
+
+
 def applies(cfg, args) -> tuple[bool, str]:
     """(whether the fast path is used, why not when it isn't)."""
     if args.packing or args.padding_free:
@@ -142,6 +220,7 @@ def build_trainer(cfg, args, model, tokenizer, train_dataset, eval_dataset, peft
     from trl import SFTTrainer
 
     ok, why = applies(cfg, args)
+    trainer_class = fast_trainer_class() if ok else SFTTrainer
     if ok:
         longest = _longest(train_dataset, cfg.model.max_seq_length)
         p = plan(args.per_device_train_batch_size, args.gradient_accumulation_steps, longest)
@@ -156,7 +235,7 @@ def build_trainer(cfg, args, model, tokenizer, train_dataset, eval_dataset, peft
         log.info("%s", p.describe())
     else:
         log.info("fast path off: %s", why)
-    return SFTTrainer(
+    return trainer_class(
         model=model,
         args=args,
         train_dataset=train_dataset,

@@ -42,7 +42,9 @@ def load_base_with_adapter(model_cfg: ModelConfig, adapter_dir: str | Path, dtyp
     return PeftModel.from_pretrained(base, str(adapter_dir))
 
 
-def merge_adapter(model_cfg: ModelConfig, adapter_dir: str | Path, merged_dir: str | Path, dtype: str | None = None):
+def merge_adapter(
+    model_cfg: ModelConfig, adapter_dir: str | Path, merged_dir: str | Path, dtype: str | None = None
+):
     """Merge `adapter_dir` into the base and save it (safetensors) into `merged_dir`; returns the model.
 
     Files are written to a temporary folder first and moved in, so `merged_dir` never holds a

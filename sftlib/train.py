@@ -36,6 +36,17 @@ def sft_config(cfg: RunConfig, **overrides: Any):
     kwargs.setdefault("ddp_find_unused_parameters", False)
     if not torch.cuda.is_available():
         kwargs.setdefault("use_cpu", True)
+        if "bf16" not in kwargs and "fp16" not in kwargs:
+            # TRL defaults to bf16 autocast; on a CPU without bf16 units (no AVX512-BF16/AMX) that is
+            # emulated and several times slower than fp32, so the unset default follows the hardware.
+            from sftlib.modeling import cpu_has_fast_bf16
+
+            kwargs["bf16"] = cpu_has_fast_bf16()
+            log.info(
+                "training.bf16 not set: using %s (this CPU %s native bf16)",
+                "bf16" if kwargs["bf16"] else "fp32",
+                "has" if kwargs["bf16"] else "lacks",
+            )
     kwargs.update(overrides)
     try:
         return SFTConfig(**kwargs)
@@ -159,7 +170,9 @@ def _write_json(path: Path, data: dict) -> None:
 def read_run_info(output_dir: str | Path) -> dict[str, Any]:
     path = Path(output_dir) / RUN_INFO
     if not path.is_file():
-        raise SftlibError(f"{path} does not exist: no finished run in {output_dir}.", "train first (sftlib train).")
+        raise SftlibError(
+            f"{path} does not exist: no finished run in {output_dir}.", "train first (sftlib train)."
+        )
     return json.loads(path.read_text())
 
 
@@ -169,7 +182,9 @@ def clear_output_dir(out: Path) -> None:
         shutil.rmtree(out)
 
 
-def run_from_files(config_path: str | None, overrides: list[str], resume: bool = False, overwrite: bool = False) -> dict:
+def run_from_files(
+    config_path: str | None, overrides: list[str], resume: bool = False, overwrite: bool = False
+) -> dict:
     """Entry used by the CLI and by each process that `launch` starts."""
     cfg = load_config(config_path, overrides)
     return train(cfg, resume=resume, overwrite=overwrite)
@@ -199,7 +214,12 @@ def launch(
         from sftlib import distributed
 
         cmd = distributed.launch_command(
-            config_path, list(overrides), num_processes, accelerate_config=accelerate_config, resume=resume, overwrite=overwrite
+            config_path,
+            list(overrides),
+            num_processes,
+            accelerate_config=accelerate_config,
+            resume=resume,
+            overwrite=overwrite,
         )
         distributed.run_streaming(cmd)
     elif num_processes == 1:

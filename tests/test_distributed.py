@@ -17,7 +17,7 @@ import torch
 from sftlib import distributed
 from sftlib.config import load_config
 from sftlib.errors import SftlibError
-from sftlib.train import launch, train
+from sftlib.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE_CONFIGS = sorted((ROOT / "configs/accelerate").glob("*.yaml"))

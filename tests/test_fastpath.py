@@ -66,7 +66,9 @@ def test_packed_collator_restarts_positions_and_never_scores_across_examples(tok
     segments = []
     for r in range(ids.shape[0]):
         bounds = starts[r].nonzero().flatten().tolist() + [ids.shape[1]]
-        segments += [(tuple(ids[r, a:b].tolist()), labels[r, a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
+        segments += [
+            (tuple(ids[r, a:b].tolist()), labels[r, a:b]) for a, b in zip(bounds, bounds[1:], strict=False)
+        ]
     for e in examples:  # every example is one segment, with its own labels (the first one aside)
         match = [lab for seg, lab in segments if seg == tuple(e["input_ids"])]
         assert match and match[0][1:].tolist() == e["labels"][1:]
@@ -80,9 +82,13 @@ def test_packed_logits_equal_each_sequence_run_alone(model, tokenizer):
     batch = PackedCollator(pad_token_id=tokenizer.pad_token_id, max_length=160)(examples)
     assert batch["input_ids"].shape[0] < len(examples)  # really packed
     with torch.no_grad():
-        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        packed = model(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+        ).logits
         for r in range(batch["input_ids"].shape[0]):
-            starts = (batch["position_ids"][r] == 0).nonzero().flatten().tolist() + [batch["input_ids"].shape[1]]
+            starts = (batch["position_ids"][r] == 0).nonzero().flatten().tolist() + [
+                batch["input_ids"].shape[1]
+            ]
             for a, b in zip(starts, starts[1:], strict=False):
                 alone = model(input_ids=batch["input_ids"][r : r + 1, a:b], use_cache=False).logits
                 torch.testing.assert_close(packed[r : r + 1, a:b], alone, atol=1e-5, rtol=1e-5)
@@ -93,9 +99,7 @@ def test_a_kv_cache_in_train_mode_would_let_packed_examples_attend_to_each_other
     examples = chat_examples(tokenizer, n=2)
     batch = PackedCollator(pad_token_id=tokenizer.pad_token_id, max_length=512)(examples)
     assert batch["input_ids"].shape[0] == 1
-    n0 = len(examples[0]["input_ids"]) if batch["position_ids"][0, 0] == 0 else None
     second = slice((batch["position_ids"][0] == 0).nonzero().flatten()[1].item(), None)
-    assert n0 is not None
     with torch.no_grad():
         kwargs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
         isolated = model(**kwargs, use_cache=False).logits[:, second]
@@ -132,13 +136,18 @@ def build(cfg, fast: bool):
     peft_config = modeling.lora_config(cfg.model, model)
     if fast:
         return fastpath.build_trainer(cfg, args, model, tokenizer, data.train, None, peft_config)
-    return SFTTrainer(model=model, args=args, train_dataset=data.train, processing_class=tokenizer, peft_config=peft_config)
+    return SFTTrainer(
+        model=model, args=args, train_dataset=data.train, processing_class=tokenizer, peft_config=peft_config
+    )
 
 
 def test_fast_trainer_loss_equals_the_plain_padded_loss_in_fp32(tmp_path):
-    cfg = tiny_cfg(tmp_path, "training.per_device_train_batch_size=2", "training.gradient_accumulation_steps=4")
+    cfg = tiny_cfg(
+        tmp_path, "training.per_device_train_batch_size=2", "training.gradient_accumulation_steps=4"
+    )
     plain, fast = build(cfg, fast=False), build(cfg, fast=True)
     assert fast.args.per_device_train_batch_size == 8 and fast.args.gradient_accumulation_steps == 1
+    assert type(fast).__name__ == "FastSFTTrainer"  # the loss under test is the fast one
     examples = [plain.train_dataset[i] for i in range(8)]
     for t in (plain, fast):
         t.model.train()

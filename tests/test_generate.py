@@ -1,12 +1,13 @@
 """Generation on the tiny random Llama (real SmolLM2 tokenizer) and scoring on known answers."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from sftlib import embedded
 from sftlib.errors import SftlibError
 from sftlib.generate import (
-    cpu_has_fast_bf16,
     generate,
     load_for_generation,
     score,
@@ -140,5 +141,10 @@ def test_score_refuses_mismatched_lengths():
     assert score([], []) == {"exact_match": 0.0, "token_f1": 0.0, "n": 0}
 
 
-def test_cpu_has_fast_bf16_is_a_plain_bool():
-    assert isinstance(cpu_has_fast_bf16(), bool)
+def test_cpu_has_fast_bf16_matches_the_cpu_flags():
+    from sftlib.modeling import cpu_has_fast_bf16
+
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+    if not flags:
+        pytest.skip("no /proc/cpuinfo to compare with")
+    assert cpu_has_fast_bf16() == ("avx512_bf16" in flags or "amx_tile" in flags)

@@ -2,9 +2,9 @@
 
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,10 @@ def test_bad_config_key_fails_in_one_error_line_without_traceback(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model:\n  path: x\ndataset:\n  name: y\ntraining:\n  learning_rat: 0.1\n")
     out = subprocess.run(
-        [sys.executable, "-m", "sftlib", "train", "--config", str(cfg)], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "sftlib", "train", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert out.returncode != 0
     last = out.stderr.strip().splitlines()[-1]

@@ -22,14 +22,22 @@ def write_chat_rows(path: Path, n: int = 16) -> Path:
         for i in range(n):
             day, month = i % 27 + 1, months[i % 4]
             iso = f"2021-{['01', '03', '07', '10'][i % 4]}-{day:02d}"
-            msgs = [{"role": "user", "content": f"{month} {day}, 2021"}, {"role": "assistant", "content": iso}]
+            msgs = [
+                {"role": "user", "content": f"{month} {day}, 2021"},
+                {"role": "assistant", "content": iso},
+            ]
             f.write(json.dumps({"messages": msgs}) + "\n")
     return path
 
 
 def tiny_cfg(tmp_path: Path, *overrides: str):
     data = write_chat_rows(tmp_path / "chat.jsonl")
-    base = [f"dataset.name={data}", "dataset.eval_split=null", "dataset.max_samples=null", f"training.output_dir={tmp_path / 'out'}"]
+    base = [
+        f"dataset.name={data}",
+        "dataset.eval_split=null",
+        "dataset.max_samples=null",
+        f"training.output_dir={tmp_path / 'out'}",
+    ]
     return load_config(ROOT / "configs/tiny.yaml", base + list(overrides))
 
 
@@ -45,7 +53,9 @@ def test_lora_run_writes_the_seed_layout_and_every_artifact_reloads(tmp_path):
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
     assert (out / "resolved_config.yaml").is_file()
     # safetensors only: no pickled weights or arguments among the final artifacts
-    assert not [p for p in out.glob("**/*") if p.suffix in {".bin", ".pt", ".pth"} and "checkpoint-" not in str(p)]
+    assert not [
+        p for p in out.glob("**/*") if p.suffix in {".bin", ".pt", ".pth"} and "checkpoint-" not in str(p)
+    ]
 
     on_disk = json.loads((out / "run_info.json").read_text())
     for key in ("world_size", "global_step", "train_runtime_s", "final_loss", "versions", "distributed_type"):
