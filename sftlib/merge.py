@@ -65,12 +65,17 @@ def merge_adapter(
 
 def max_logit_difference(model_a, model_b, input_ids) -> float:
     """Largest absolute difference between two models' logits on the same inputs."""
+    return compare_logits(model_a, model_b, input_ids)[0]
+
+
+def compare_logits(model_a, model_b, input_ids) -> tuple[float, float]:
+    """(max |logits_a - logits_b|, max |logits_b|): the difference and the scale it is judged against."""
     import torch
 
     with torch.no_grad():
         a = model_a(input_ids=input_ids).logits.float()
         b = model_b(input_ids=input_ids).logits.float()
-    return float((a - b).abs().max())
+    return float((a - b).abs().max()), float(b.abs().max())
 
 
 def sample_inputs(tokenizer, texts: list[str] | None = None):

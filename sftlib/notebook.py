@@ -17,7 +17,9 @@ from typing import Any
 from sftlib.errors import SftlibError
 
 HEADLESS_ENV = "SFTLIB_HEADLESS"  # set by sftlib.pipeline: no widgets, static renderings instead
-MERGE_TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2}  # max |logit difference| merged vs base + adapter
+# Max |logit difference| merged vs base + adapter, relative to the largest |logit| (at least 1):
+# merging W + BA reorders fp32 sums, and over 30 layers that alone reaches ~1e-4 on logits of ~30.
+MERGE_TOLERANCE = {"float32": 1e-5, "bfloat16": 2e-2}
 TOKEN_STATES = {  # masking view: one colour per state (sftlib.plots.token_view_html states)
     0: ("masked (label -100)", "#e0e0e0"),
     1: ("trained", "#9ecae1"),
@@ -300,13 +302,15 @@ def verify_merge(cfg, dtype: str) -> dict:
     unquantized = dataclasses.replace(cfg.model, load_in_4bit=False, dtype=dtype)
     base = modeling.load_model(unquantized, quantize=False).eval()
     ids = merge.sample_inputs(AutoTokenizer.from_pretrained(out))
-    difference = merge.max_logit_difference(merged, reference, ids)
+    difference, scale = merge.compare_logits(merged, reference, ids)
+    allowed = MERGE_TOLERANCE[dtype] * max(1.0, scale)
     result = {
         "merged": True,
         "dtype": dtype,
         "was_4bit": cfg.model.load_in_4bit,
         "max_logit_difference": difference,
-        "tolerance": MERGE_TOLERANCE[dtype],
+        "max_abs_logit": scale,
+        "tolerance": allowed,
         "adapter_effect": merge.max_logit_difference(merged, base, ids),
         "adapter_mb": round(merge.disk_size_mb(adapter_dir), 3),
         "merged_mb": round(merge.disk_size_mb(out), 3),
@@ -314,10 +318,10 @@ def verify_merge(cfg, dtype: str) -> dict:
         "adapter_dir": str(adapter_dir),
         "merged_dir": str(out),
     }
-    if difference > MERGE_TOLERANCE[dtype]:
+    if difference > allowed:
         raise SftlibError(
             f"the merged model's logits differ from base + adapter by {difference:.3g} "
-            f"(tolerance {MERGE_TOLERANCE[dtype]:g} for {dtype}).",
+            f"(tolerance {allowed:.3g} for {dtype}: {MERGE_TOLERANCE[dtype]:g} of the largest logit {scale:.3g}).",
             "do not use this merged model; load base + adapter instead, and report the model and config.",
         )
     return result
