@@ -326,6 +326,9 @@ def bench(
     base, ours = best["baseline"], best["sftlib"]
     for r in best.values():
         r["mfu_bf16"] = r["achieved_gflops"] / ceilings["bf16_gflops"]
+        # Where bf16 is emulated (no AVX512-BF16/AMX) its ceiling is below fp32's and mfu_bf16 can exceed 1:
+        # utilization against the machine's fastest measured matmul is the honest figure there.
+        r["mfu_best"] = r["achieved_gflops"] / max(ceilings["bf16_gflops"], ceilings["fp32_gflops"])
     return {
         "config": config,
         "overrides": overrides,
@@ -341,6 +344,7 @@ def bench(
         "rss_ratio": max(r["peak_rss_mb"] for r in runs["sftlib"])
         / max(r["peak_rss_mb"] for r in runs["baseline"]),
         "mfu_bf16": ours["mfu_bf16"],
+        "mfu_best": ours["mfu_best"],
     }
 
 
@@ -374,6 +378,7 @@ def format_table(result: dict[str, Any]) -> str:
         ("seconds/step", "seconds_per_step", "{:.2f}"),
         ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"),
         ("MFU (bf16 ceiling)", "mfu_bf16", "{:.3f}"),
+        ("MFU (fastest ceiling)", "mfu_best", "{:.3f}"),
         ("micro-batch x accum", None, None),
         ("weights / autocast", None, None),
         ("act. checkpointing", "activation_checkpointing", "{}"),

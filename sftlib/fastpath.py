@@ -19,8 +19,6 @@ rounding); only the layout changes:
   else the largest divisor of it that fits. The sampler yields the same example order, so each
   optimizer step still sees the same examples, and the loss is normalized by the step's trained
   tokens either way (`num_items_in_batch`).
-- Frozen base weights in bfloat16 for LoRA (see `fast_dtype`): no fp32->bf16 weight cast per
-  forward, half the weight memory, and bf16 activations; trained weights stay fp32.
 """
 
 from __future__ import annotations

@@ -221,17 +221,15 @@ def test_a_nan_loss_stops_training_naming_the_step_and_keeps_the_last_good_check
 ):
     import trl
 
-    original = trl.SFTTrainer.compute_loss
+    # Poison the loss a training step returns (after its backward pass), whichever loss path the
+    # trainer takes (TRL's or the fast path's), so the guard is what must stop the run.
+    original = trl.SFTTrainer.training_step
 
-    def poisoned(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        out = original(
-            self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-        )
-        if self.state.global_step == 4:  # the 5th step
-            return (out[0] * float("nan"), out[1]) if return_outputs else out * float("nan")
-        return out
+    def poisoned(self, *args, **kwargs):
+        loss = original(self, *args, **kwargs)
+        return loss * float("nan") if self.state.global_step == 4 else loss  # the 5th step
 
-    monkeypatch.setattr(trl.SFTTrainer, "compute_loss", poisoned)
+    monkeypatch.setattr(trl.SFTTrainer, "training_step", poisoned)
     config = write_config(tmp_path, "run", max_steps=8, save_strategy="steps", save_steps=2)
     out = output_dir(config)
 
