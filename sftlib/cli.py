@@ -15,10 +15,9 @@ from pathlib import Path
 from sftlib.errors import SftlibError, describe_os_error
 
 
-def _add_config(p: argparse.ArgumentParser, required: bool = False) -> None:
-    p.add_argument(
-        "--config", required=required, help="YAML config (default: configs/default_train_config.yaml)"
-    )
+def _add_config(p: argparse.ArgumentParser, required: bool = False, default: str | None = None) -> None:
+    shown = "required" if required else f"default: {default or 'configs/default_train_config.yaml'}"
+    p.add_argument("--config", required=required, default=default, help=f"YAML config ({shown})")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -98,15 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("demo", help="the demo: SmolLM2 fails a task, is fine-tuned on CPU, then solves it")
-    p.add_argument("--config", default="configs/demo.yaml", help="demo config (default: configs/demo.yaml)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value",
-    )
+    _add_config(p, default="configs/demo.yaml")
     _add_notebook_args(p, "folder for everything the demo makes (default: runs/demo)", default="runs/demo")
     p.set_defaults(func=cmd_demo)
     return parser

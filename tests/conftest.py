@@ -9,3 +9,19 @@ def tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(embedded.resolve("embedded:tiny-random-llama"))
+
+
+def write_chat_rows(path, n: int = 16):
+    """`n` one-turn chats (an English date -> its ISO form) as messages JSONL at `path`."""
+    import json
+
+    months = [("January", "01"), ("March", "03"), ("July", "07"), ("October", "10")]
+    with open(path, "w") as f:
+        for i in range(n):
+            day, (month, number) = i % 27 + 1, months[i % 4]
+            msgs = [
+                {"role": "user", "content": f"{month} {day}, 2021"},
+                {"role": "assistant", "content": f"2021-{number}-{day:02d}"},
+            ]
+            f.write(json.dumps({"messages": msgs}) + "\n")
+    return path

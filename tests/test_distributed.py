@@ -18,23 +18,11 @@ from sftlib import distributed
 from sftlib.config import load_config
 from sftlib.errors import SftlibError
 from sftlib.train import train
+from tests.conftest import write_chat_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE_CONFIGS = sorted((ROOT / "configs/accelerate").glob("*.yaml"))
 ROWS = 16  # 16 rows, 4 per device and step: 4 steps on one process, 2 on two
-
-
-def write_rows(path: Path, n: int = ROWS) -> Path:
-    with path.open("w") as f:
-        for i in range(n):
-            day, month = i % 27 + 1, ["January", "March", "July", "October"][i % 4]
-            iso = f"2021-{['01', '03', '07', '10'][i % 4]}-{day:02d}"
-            msgs = [
-                {"role": "user", "content": f"{month} {day}, 2021"},
-                {"role": "assistant", "content": iso},
-            ]
-            f.write(json.dumps({"messages": msgs}) + "\n")
-    return path
 
 
 def one_epoch(data: Path, out: Path, batch: int = 4) -> list[str]:
@@ -69,7 +57,7 @@ def run_info(out: Path) -> dict:
 def ddp_run(tmp_path_factory):
     """One 2-process DDP run through `accelerate launch --config_file configs/accelerate/ddp.yaml`."""
     tmp = tmp_path_factory.mktemp("ddp")
-    data = write_rows(tmp / "rows.jsonl")
+    data = write_chat_rows(tmp / "rows.jsonl", ROWS)
     proc = accelerate_launch(ROOT / "configs/accelerate/ddp.yaml", one_epoch(data, tmp / "out"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return {"data": data, "out": tmp / "out", "output": proc.stdout + proc.stderr}

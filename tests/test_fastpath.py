@@ -108,7 +108,7 @@ def test_a_kv_cache_in_train_mode_would_let_packed_examples_attend_to_each_other
 
 
 def tiny_cfg(tmp_path, *overrides):
-    from tests.test_train import write_chat_rows
+    from tests.conftest import write_chat_rows
 
     tmp_path.mkdir(parents=True, exist_ok=True)
     rows = write_chat_rows(tmp_path / "chat.jsonl", n=32)

@@ -12,22 +12,9 @@ from sftlib import merge
 from sftlib.config import load_config
 from sftlib.errors import SftlibError
 from sftlib.train import train
+from tests.conftest import write_chat_rows
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def write_chat_rows(path: Path, n: int = 16) -> Path:
-    months = ["January", "March", "July", "October"]
-    with path.open("w") as f:
-        for i in range(n):
-            day, month = i % 27 + 1, months[i % 4]
-            iso = f"2021-{['01', '03', '07', '10'][i % 4]}-{day:02d}"
-            msgs = [
-                {"role": "user", "content": f"{month} {day}, 2021"},
-                {"role": "assistant", "content": iso},
-            ]
-            f.write(json.dumps({"messages": msgs}) + "\n")
-    return path
 
 
 def tiny_cfg(tmp_path: Path, *overrides: str):
