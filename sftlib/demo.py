@@ -122,11 +122,6 @@ def write_jsonl(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    with Path(path).open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def write_demo_dataset(
     out_dir: Path = DATA_DIR, n_train: int = N_TRAIN, n_eval: int = N_EVAL, seed: int = SEED
 ) -> dict[str, Path]:

@@ -66,13 +66,6 @@ def record(run_dir_path: str | Path, name: str, results: dict[str, Any]) -> Path
     return path
 
 
-def read_record(run_dir_path: str | Path, name: str) -> dict[str, Any]:
-    path = Path(run_dir_path) / f"{name}.json"
-    if not path.is_file():
-        raise SftlibError(f"{path} does not exist.", f"run notebook {name} first (same RUN_DIR).")
-    return json.loads(path.read_text())
-
-
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
