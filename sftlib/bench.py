@@ -128,19 +128,29 @@ def chat_mix_overrides(folder: Path) -> list[str]:
 # --------------------------------------------------------------------------- measurements
 
 
-def matmul_gflops(dtype_name: str, n: int = 1024, seconds: float = 1.0) -> float:
-    """Best observed GFLOP/s of an n x n x n matmul in this dtype (best of many: other jobs share the cores)."""
+def matmul_gflops(dtype_name: str, device: str = "cpu", seconds: float = 1.0) -> float:
+    """Best observed GFLOP/s of a square matmul in this dtype (best of many: other jobs share the cores)."""
     import torch
 
+    n = 8192 if device == "cuda" else 1024
     dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     torch.matmul(a, b)
+    sync()
     best, end = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < end:
         t = time.perf_counter()
         torch.matmul(a, b)
+        sync()
         best = max(best, 2 * n**3 / (time.perf_counter() - t))
     return best / 1e9
+
+
+def training_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def matmul_params(model) -> int:
@@ -190,6 +200,12 @@ def step_timer():
 # --------------------------------------------------------------------------- one side (a subprocess)
 
 
+def _peak_gpu_mb() -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+
+
 def run_side(side: str, config: str, overrides: list[str], steps: int, warmup: int = 1) -> dict[str, Any]:
     """Train `warmup + steps` optimizer steps on one side; measure the last `steps`."""
     import dataclasses
@@ -225,7 +241,7 @@ def run_side(side: str, config: str, overrides: list[str], steps: int, warmup: i
             seed=t.get("seed", 42),
             max_length=cfg.model.max_seq_length,
             report_to="none",
-            use_cpu=True,
+            use_cpu=training_device() == "cpu",
             **run,
         )
         peft_config = modeling.lora_config(model_cfg, model) if model_cfg.use_lora else None
@@ -248,6 +264,7 @@ def run_side(side: str, config: str, overrides: list[str], steps: int, warmup: i
     trainer.train()
 
     accumulation = trainer.args.gradient_accumulation_steps
+    plan = getattr(trainer, "sftlib_plan", None)
     timed = counter.batches[warmup * accumulation : total * accumulation]
     seconds = timer.ends[total - 1] - timer.ends[warmup - 1]
     lengths = [n for batch, _ in timed for n in batch]
@@ -262,6 +279,10 @@ def run_side(side: str, config: str, overrides: list[str], steps: int, warmup: i
         "bf16_autocast": bool(trainer.args.bf16),
         "weights_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "collator": type(counter.collate).__name__,
+        "chunk_tokens": plan.chunk_tokens if plan else None,
+        "activation_mb_per_1k_tokens": (
+            plan.bytes_per_token * 1024 / 2**20 if plan and plan.bytes_per_token is not None else None
+        ),
         "examples": len(lengths),
         "real_tokens": sum(lengths),
         "trained_tokens": trained,
@@ -272,6 +293,7 @@ def run_side(side: str, config: str, overrides: list[str], steps: int, warmup: i
         "model_flops": flops,
         "achieved_gflops": flops / seconds / 1e9,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mb": _peak_gpu_mb(),
         "final_loss": trainer.state.log_history[-1].get("train_loss"),
     }
 
@@ -298,7 +320,12 @@ def bench(
         cfg, modeling.load_tokenizer(cfg.model), splits=("train",)
     )  # tokenize once, outside the timings
 
-    ceilings = {"bf16_gflops": matmul_gflops("bfloat16"), "fp32_gflops": matmul_gflops("float32")}
+    device = training_device()
+    ceilings = {
+        "device": device,
+        "bf16_gflops": matmul_gflops("bfloat16", device),
+        "fp32_gflops": matmul_gflops("float32", device),
+    }
     runs: dict[str, list[dict]] = {side: [] for side in SIDES}
     order = [SIDES if r % 2 == 0 else SIDES[::-1] for r in range(repeats)]
     for sides in order:
@@ -343,6 +370,11 @@ def bench(
         "speedup": ours["tokens_per_second"] / base["tokens_per_second"],
         "rss_ratio": max(r["peak_rss_mb"] for r in runs["sftlib"])
         / max(r["peak_rss_mb"] for r in runs["baseline"]),
+        "gpu_memory_ratio": (
+            max(r["peak_gpu_mb"] for r in runs["sftlib"]) / max(r["peak_gpu_mb"] for r in runs["baseline"])
+            if device == "cuda"
+            else None
+        ),
         "mfu_bf16": ours["mfu_bf16"],
         "mfu_best": ours["mfu_best"],
     }
@@ -367,6 +399,7 @@ def machine() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "load_average": os.getloadavg(),
         "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
 
@@ -377,11 +410,13 @@ def format_table(result: dict[str, Any]) -> str:
         ("trained tokens/s", "trained_tokens_per_second", "{:.0f}"),
         ("seconds/step", "seconds_per_step", "{:.2f}"),
         ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"),
+        ("peak GPU memory (MB)", "peak_gpu_mb", "{:.0f}"),
         ("MFU (bf16 ceiling)", "mfu_bf16", "{:.3f}"),
         ("MFU (fastest ceiling)", "mfu_best", "{:.3f}"),
         ("micro-batch x accum", None, None),
         ("weights / autocast", None, None),
         ("act. checkpointing", "activation_checkpointing", "{}"),
+        ("tokens per pass", None, None),
         ("collator", "collator", "{}"),
     ]
     b, s = result["baseline"], result["sftlib"]
@@ -389,15 +424,24 @@ def format_table(result: dict[str, Any]) -> str:
     for label, key, fmt in rows:
         if label.startswith("micro"):
             cells = [f"{r['micro_batch_size']} x {r['gradient_accumulation_steps']}" for r in (b, s)]
+        elif label.startswith("tokens per pass"):
+            cells = [
+                "whole micro-batch" if r["chunk_tokens"] is None else f"<= {r['chunk_tokens']}"
+                for r in (b, s)
+            ]
         elif label.startswith("weights"):
             cells = [f"{r['weights_dtype']} / {'bf16' if r['bf16_autocast'] else 'off'}" for r in (b, s)]
+        elif b[key] is None:
+            continue  # e.g. GPU memory on a CPU run
         else:
             cells = [fmt.format(r[key]) for r in (b, s)]
         lines.append(f"{label:22}{cells[0]:>22}{cells[1]:>22}")
     c = result["ceilings"]
+    gpu = result.get("gpu_memory_ratio")
     lines.append(
         f"speedup {result['speedup']:.2f}x   rss_ratio {result['rss_ratio']:.2f}   "
-        f"matmul ceilings: bf16 {c['bf16_gflops']:.0f} GFLOP/s, fp32 {c['fp32_gflops']:.0f} GFLOP/s   "
+        + (f"gpu_memory_ratio {gpu:.2f}   " if gpu is not None else "")
+        + f"{c['device']} matmul ceilings: bf16 {c['bf16_gflops']:.0f} GFLOP/s, fp32 {c['fp32_gflops']:.0f} GFLOP/s   "
         f"load average {result['machine']['load_average'][0]:.1f} on {result['machine']['cores']} cores"
     )
     return "\n".join(lines)

@@ -293,13 +293,31 @@ _OWNED = {
 }
 
 
+# `training` keys that sftlib reads itself (they are not SFTConfig fields), with their types.
+SFTLIB_TRAINING = {
+    # Tokens per forward/backward pass: bounds activation memory (see sftlib.fastpath). None: per device.
+    "chunk_tokens": int | None,
+}
+
+
+# SFTConfig fields where null means "sftlib decides" (the fast path measures memory; see sftlib.fastpath).
+DECIDED_WHEN_NULL = ("activation_checkpointing", "gradient_checkpointing")
+
+
 def validate_training(raw: dict[str, Any]) -> dict[str, Any]:
-    fields = sft_config_fields()
+    fields = {**sft_config_fields(), **SFTLIB_TRAINING}
     _check_keys(raw, fields, "training")
     for key, value in raw.items():
+        if value is None and key in DECIDED_WHEN_NULL:
+            continue
         if key in _OWNED:
             raise SftlibError(f"`training.{key}` is set by sftlib.", f"use {_OWNED[key]} instead.")
         _check_type(value, fields[key], f"training.{key}")
+    if raw.get("chunk_tokens") is not None and raw["chunk_tokens"] < 1:
+        raise SftlibError(
+            f"training.chunk_tokens must be a positive number of tokens, got {raw['chunk_tokens']}.",
+            "set e.g. training.chunk_tokens: 512, or null for the device's default.",
+        )
     return dict(raw)
 
 

@@ -14,11 +14,14 @@ rounding); only the layout changes:
   padded path never scores it either (labels are shifted).
 - Rows of `max_length`, not TRL's padding-free single [1, sum(L)] row: CPU SDPA with a mask costs
   O(row length²), so one long row is ~2x slower than the same tokens in rows of max_length.
-- `plan` picks the micro-batch: all of the effective batch (per_device_train_batch_size x
-  gradient_accumulation_steps examples) in one micro-batch when its tokens fit `token_budget`,
-  else the largest divisor of it that fits. The sampler yields the same example order, so each
-  optimizer step still sees the same examples, and the loss is normalized by the step's trained
-  tokens either way (`num_items_in_batch`).
+- One micro-batch per optimizer step (all of per_device_train_batch_size x
+  gradient_accumulation_steps), so packing sees the whole step; forward and backward then run over
+  chunks of at most `chunk_tokens` tokens (`training.chunk_tokens`), gradients summed, each chunk's
+  loss normalized by the step's trained tokens (`num_items_in_batch`). Same loss and gradient as
+  one pass; activation memory is that of one chunk. Activation checkpointing stays off unless one
+  chunk's activations, measured on a short forward pass, would not fit in half the free memory.
+  With several processes the step is split into micro-batches of whole examples instead (gradient
+  accumulation), because every rank must run the same number of passes and rows differ per rank.
 """
 
 from __future__ import annotations
@@ -30,9 +33,6 @@ from typing import Any
 log = logging.getLogger("sftlib")
 
 IGNORE = -100
-# Tokens per micro-batch the fast path aims for. Measured on a 2-core CPU with SmolLM2-135M + LoRA:
-# throughput is flat from ~2k tokens up; activations grow linearly with it.
-DEFAULT_TOKEN_BUDGET = 4096
 
 
 def pack_rows(lengths: list[int], max_length: int) -> list[list[int]]:
@@ -93,34 +93,154 @@ class PackedCollator:
         return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "use_cache": False}
 
 
+# Tokens per forward/backward pass when `training.chunk_tokens` is unset (a pass always holds at least one
+# packed row). Measured with SmolLM2-135M + LoRA on 2 CPU cores (fp32, ~1.3 MB of activations per token):
+# chat-mix rows of 512 tokens ran at 259 tok/s one row per pass and 263 two rows per pass; the demo's
+# 65-token rows ran at 202 tok/s one row per pass, 236 three per pass and ~280 all eight at once, at
+# peak RSS 1611, 1863 and ~2400 MB. On a CPU, memory is the scarcer resource; a GPU needs more rows to
+# fill its cores.
+DEFAULT_CHUNK_TOKENS = {"cpu": 128, "cuda": 4096}
+MEASURE_TOKENS = 64  # length of the forward pass that measures activation memory
+
+
+def default_chunk_tokens(device_type: str) -> int:
+    return DEFAULT_CHUNK_TOKENS.get(device_type, DEFAULT_CHUNK_TOKENS["cuda"])
+
+
 @dataclasses.dataclass
 class Plan:
-    """How the fast path batches: micro-batch size and accumulation for the same effective batch."""
+    """How the fast path runs one optimizer step.
 
-    per_device_train_batch_size: int
-    gradient_accumulation_steps: int
-    effective_batch: int
-    worst_case_tokens: int  # per micro-batch: micro-batch size x the longest example
+    The step's examples (per_device_train_batch_size x gradient_accumulation_steps) form one
+    micro-batch, packed into rows; forward and backward then run over chunks of rows of at most
+    `chunk_tokens` tokens (at least one row), so activation memory is bounded by the chunk, not by the
+    batch. Activation checkpointing is used only when one chunk's activations would not fit.
+    """
+
+    examples_per_step: int
+    chunk_tokens: int
+    bytes_per_token: float | None  # activations autograd keeps per token, measured; None if unmeasured
+    activation_checkpointing: bool
+    why: str
+    # "rows": one micro-batch per step, chunked by rows in training_step. "examples": several processes;
+    # micro-batches of whole examples through gradient accumulation (see split_for_processes).
+    split: str = "rows"
+    passes: int = 0  # forward/backward passes run so far, for run_info
+
+    def record(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def rows_per_chunk(self, row_length: int) -> int:
+        return max(1, self.chunk_tokens // max(1, row_length))
 
     def describe(self) -> str:
+        per_k = (
+            ""
+            if self.bytes_per_token is None
+            else f" ({self.bytes_per_token * 1024 / 2**20:.0f} MB per 1k tokens)"
+        )
+        unit = "chunks of rows" if self.split == "rows" else "micro-batches of whole examples"
         return (
-            f"fast path: {self.per_device_train_batch_size} examples per micro-batch x "
-            f"{self.gradient_accumulation_steps} accumulation steps (effective batch {self.effective_batch}), "
-            f"packed into rows; at most {self.worst_case_tokens} tokens per micro-batch"
+            f"fast path: {self.examples_per_step} examples per optimizer step packed into rows, forward/backward "
+            f"over {unit} of <= {self.chunk_tokens} tokens{per_k}; activation checkpointing "
+            f"{'on' if self.activation_checkpointing else 'off'}: {self.why}"
         )
 
 
-def plan(batch_size: int, accumulation: int, longest: int, token_budget: int = DEFAULT_TOKEN_BUDGET) -> Plan:
-    """The largest micro-batch that divides the effective batch and whose worst case fits the budget.
+def plan(
+    batch_size: int,
+    accumulation: int,
+    max_length: int,
+    chunk_tokens: int,
+    bytes_per_token: float | None,
+    free_bytes: int | None,
+    checkpointing: bool | None = None,
+) -> Plan:
+    """The step plan; `checkpointing` None = decide from memory, a bool = the config's explicit choice."""
+    examples = batch_size * accumulation
+    if checkpointing is not None:
+        why = "set by training.activation_checkpointing"
+    elif bytes_per_token is None or free_bytes is None:
+        checkpointing, why = False, "activation memory could not be measured"
+    else:
+        # A chunk holds at least one row, and a row up to max_length tokens.
+        need = max(chunk_tokens, max_length) * bytes_per_token
+        checkpointing = need > free_bytes / 2
+        why = (
+            f"one chunk's activations (~{need / 2**20:.0f} MB) "
+            f"{'exceed' if checkpointing else 'fit in'} half the free memory ({free_bytes / 2**20:.0f} MB)"
+        )
+    return Plan(examples, chunk_tokens, bytes_per_token, checkpointing, why)
 
-    Never smaller than the configured micro-batch: the fast path only merges micro-batches.
+
+def examples_per_micro_batch(examples_per_step: int, longest: int, chunk_tokens: int) -> int:
+    """The most examples per micro-batch that divide the step and whose worst case fits one chunk (>= 1)."""
+    budget = max(chunk_tokens, longest)
+    return max(
+        k for k in range(1, examples_per_step + 1) if examples_per_step % k == 0 and k * longest <= budget
+    )
+
+
+def activation_bytes_per_token(model, autocast_dtype=None, tokens: int = MEASURE_TOKENS) -> float | None:
+    """Bytes of activations autograd keeps for the backward pass, per token, from two short forward passes.
+
+    Gradients flow into the input embeddings, so a frozen base model keeps what LoRA's backward needs;
+    the run's autocast applies; weights are not counted and shared storage counts once. The passes
+    are `tokens` and 2 x `tokens` long and the difference is taken, so per-pass costs (autocast's
+    low-precision weight copies, rotary tables) don't count as per-token ones. The RNG state is
+    restored, so the run's dropout masks are unchanged. None for a model without a plain backbone.
     """
-    effective = batch_size * accumulation
-    best = batch_size
-    for k in range(batch_size, effective + 1):
-        if effective % k == 0 and k * longest <= token_budget:
-            best = k
-    return Plan(best, effective // best, effective, best * longest)
+    backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if backbone is None or model.get_input_embeddings() is None:
+        return None
+    short, long = (_saved_bytes(model, backbone, n, autocast_dtype) for n in (tokens, 2 * tokens))
+    return max(0, long - short) / tokens
+
+
+def _saved_bytes(model, backbone, tokens: int, autocast_dtype) -> int:
+    import torch
+
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    device = model.get_input_embeddings().weight.device
+    ids = torch.zeros((1, tokens), dtype=torch.long, device=device)
+    positions = torch.arange(tokens, device=device).unsqueeze(0)
+    was_training = model.training
+    model.train()
+    try:
+        with (
+            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+            torch.enable_grad(),
+            torch.autocast(
+                device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+            ),
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+        ):
+            embeds = model.get_input_embeddings()(ids).detach().requires_grad_()
+            backbone(inputs_embeds=embeds, position_ids=positions, use_cache=False)
+    finally:
+        model.train(was_training)
+    return sum(saved.values())
+
+
+def free_memory_bytes(device, pending_bytes: int = 0) -> int:
+    """Memory free for activations on `device`, less `pending_bytes` still to be placed there."""
+    import torch
+
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        import psutil
+
+        free = psutil.virtual_memory().available
+    return max(0, free - pending_bytes)
 
 
 LOSS_CHUNK = 1024  # trained tokens per LM-head tile: bounds the [tokens, vocab] logits held at once
@@ -179,6 +299,28 @@ def fast_trainer_class():
                 self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
             return loss
 
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            """Forward and backward over chunks of rows, gradients summed: the step's gradient, in less memory.
+
+            Every chunk's loss is normalized by the whole step's trained tokens, so the sum equals the
+            unchunked loss. Without that count (a model that takes no loss kwargs) the step runs whole.
+            """
+            import torch
+
+            n, width = inputs["input_ids"].shape
+            rows = self.sftlib_plan.rows_per_chunk(width)
+            if self.sftlib_plan.split != "rows" or n <= rows or num_items_in_batch is None:
+                self.sftlib_plan.passes += 1
+                return super().training_step(model, inputs, num_items_in_batch)
+            starts = range(0, n, rows)
+            total = None
+            for start in starts:
+                chunk = {k: v[start : start + rows] if torch.is_tensor(v) else v for k, v in inputs.items()}
+                loss = super().training_step(model, chunk, num_items_in_batch)
+                self.sftlib_plan.passes += 1
+                total = loss if total is None else total + loss
+            return total
+
     return FastSFTTrainer
 
 
@@ -207,6 +349,8 @@ def applies(cfg, args) -> tuple[bool, str]:
         return False, "training.packing / padding_free set: TRL's own packing is used"
     if cfg.model.trust_remote_code:
         return False, "remote model code may not detect packed rows from position_ids"
+    if args.deepspeed or args.fsdp:
+        return False, "DeepSpeed and FSDP count micro-batches themselves: the configured batches are used"
     return True, ""
 
 
@@ -218,34 +362,76 @@ def build_trainer(cfg, args, model, tokenizer, train_dataset, eval_dataset, peft
     from trl import SFTTrainer
 
     ok, why = applies(cfg, args)
-    trainer_class = fast_trainer_class() if ok else SFTTrainer
-    if ok:
-        longest = _longest(train_dataset, cfg.model.max_seq_length)
-        p = plan(args.per_device_train_batch_size, args.gradient_accumulation_steps, longest)
-        args.per_device_train_batch_size = p.per_device_train_batch_size
-        args.gradient_accumulation_steps = p.gradient_accumulation_steps
-        if not _set_explicitly(cfg, "activation_checkpointing", "gradient_checkpointing"):
-            # The plan bounds a micro-batch's tokens, so activations fit without recomputing them.
-            args.activation_checkpointing = args.gradient_checkpointing = False
-        kwargs["data_collator"] = PackedCollator(
-            pad_token_id=tokenizer.pad_token_id, max_length=cfg.model.max_seq_length
-        )
-        log.info("%s", p.describe())
-    else:
+    if not ok:
         log.info("fast path off: %s", why)
-    return trainer_class(
+        return SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            **kwargs,
+        )
+    p = make_plan(cfg, args, model)
+    args.per_device_train_batch_size, args.gradient_accumulation_steps = p.examples_per_step, 1
+    if args.world_size > 1:
+        # Each process packs its own examples, so row counts differ between ranks, while every rank must
+        # run the same number of forward passes per step (DDP and TRL's metrics communicate in each).
+        # Whole-example micro-batches through gradient accumulation keep the counts equal.
+        p.split = "examples"
+        k = examples_per_micro_batch(
+            p.examples_per_step, _longest(train_dataset, cfg.model.max_seq_length), p.chunk_tokens
+        )
+        args.per_device_train_batch_size, args.gradient_accumulation_steps = k, p.examples_per_step // k
+    args.activation_checkpointing = args.gradient_checkpointing = p.activation_checkpointing
+    log.info("%s", p.describe())
+    trainer = fast_trainer_class()(
         model=model,
         args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
+        data_collator=PackedCollator(
+            pad_token_id=tokenizer.pad_token_id, max_length=cfg.model.max_seq_length
+        ),
         **kwargs,
     )
+    trainer.sftlib_plan = p
+    return trainer
 
 
-def _set_explicitly(cfg, *keys: str) -> bool:
-    return any(cfg.training.get(k) is not None for k in keys)
+def make_plan(cfg, args, model) -> Plan:
+    """The plan for this config, model and device: chunk size, measured activation memory, checkpointing."""
+    import torch
+
+    device = args.device
+    chunk = cfg.training.get("chunk_tokens") or default_chunk_tokens(device.type)
+    autocast = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+    placed = getattr(model, "hf_device_map", None) is not None or getattr(model, "is_loaded_in_4bit", False)
+    if not placed and model.get_input_embeddings().weight.device != device:
+        model.to(device)  # where the Trainer puts it anyway: measure there (a large model is slow on a CPU)
+    per_token = activation_bytes_per_token(model, autocast)
+    on_device = model.get_input_embeddings().weight.device == device
+    weights = 0 if on_device else sum(p.numel() * p.element_size() for p in model.parameters())
+    explicit = next(
+        (
+            cfg.training[k]
+            for k in ("activation_checkpointing", "gradient_checkpointing")
+            if cfg.training.get(k) is not None
+        ),
+        None,
+    )
+    return plan(
+        args.per_device_train_batch_size,
+        args.gradient_accumulation_steps,
+        cfg.model.max_seq_length,
+        chunk,
+        per_token,
+        free_memory_bytes(device, weights),
+        explicit,
+    )
 
 
 def _longest(dataset, default: int) -> int:

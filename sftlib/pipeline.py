@@ -198,7 +198,18 @@ def export_to_html(executed: Path) -> Path:
     import nbformat
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+    try:
+        body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+    except ValueError as exc:
+        if "template" not in str(exc).lower():
+            raise
+        # Seen with `pip install --target`: nbconvert's templates are data files under <target>/share/jupyter.
+        raise SftlibError(
+            f"nbconvert can't find its HTML templates, so {executed.name} ran but was not exported "
+            f"({str(exc).splitlines()[0].rstrip(': ')}).",
+            "reinstall nbconvert into the environment (pip install --force-reinstall nbconvert), or set "
+            "JUPYTER_PATH to the share/jupyter folder that holds nbconvert/templates.",
+        ) from None
     target = executed.with_suffix(".html")
     target.write_text(body, encoding="utf-8")
     return target

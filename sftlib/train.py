@@ -28,7 +28,13 @@ def sft_config(cfg: RunConfig, **overrides: Any):
     import torch
     from trl import SFTConfig
 
-    kwargs = dict(cfg.training)
+    from sftlib.config import DECIDED_WHEN_NULL, SFTLIB_TRAINING
+
+    kwargs = {
+        k: v
+        for k, v in cfg.training.items()
+        if k not in SFTLIB_TRAINING and not (v is None and k in DECIDED_WHEN_NULL)
+    }
     kwargs["max_length"] = cfg.model.max_seq_length
     kwargs.setdefault("report_to", "none")
     # Every trainable weight (LoRA or full) takes part in each forward pass, so DDP's extra graph walk to
@@ -115,6 +121,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
         "output_dir": str(out),
         "adapter_dir": str(out / ADAPTER_DIRNAME) if cfg.model.use_lora else None,
         "data": {"format": data.format, "report": data.report},
+        "fast_path": trainer.sftlib_plan.record() if hasattr(trainer, "sftlib_plan") else None,
         "versions": library_versions(),
         "log_history": trainer.state.log_history,
     }

