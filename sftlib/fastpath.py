@@ -361,18 +361,19 @@ def build_trainer(cfg, args, model, tokenizer, train_dataset, eval_dataset, peft
     """
     from trl import SFTTrainer
 
+    kwargs = dict(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        **kwargs,
+    )
     ok, why = applies(cfg, args)
     if not ok:
         log.info("fast path off: %s", why)
-        return SFTTrainer(
-            model=model,
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=tokenizer,
-            peft_config=peft_config,
-            **kwargs,
-        )
+        return SFTTrainer(**kwargs)
     p = make_plan(cfg, args, model)
     args.per_device_train_batch_size, args.gradient_accumulation_steps = p.examples_per_step, 1
     if args.world_size > 1:
@@ -386,18 +387,8 @@ def build_trainer(cfg, args, model, tokenizer, train_dataset, eval_dataset, peft
         args.per_device_train_batch_size, args.gradient_accumulation_steps = k, p.examples_per_step // k
     args.activation_checkpointing = args.gradient_checkpointing = p.activation_checkpointing
     log.info("%s", p.describe())
-    trainer = fast_trainer_class()(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        data_collator=PackedCollator(
-            pad_token_id=tokenizer.pad_token_id, max_length=cfg.model.max_seq_length
-        ),
-        **kwargs,
-    )
+    collator = PackedCollator(pad_token_id=tokenizer.pad_token_id, max_length=cfg.model.max_seq_length)
+    trainer = fast_trainer_class()(data_collator=collator, **kwargs)
     trainer.sftlib_plan = p
     return trainer
 
