@@ -1,4 +1,4 @@
-"""The fast CPU path: each micro-batch's examples packed into [rows, L] with restarting position_ids.
+"""The fast path: each step's examples packed into [rows, L] with restarting position_ids, run in chunks.
 
 Same examples per optimizer step as plain batching, so the same loss and gradients (up to float
 rounding); only the layout changes:
@@ -123,7 +123,7 @@ class Plan:
     activation_checkpointing: bool
     why: str
     # "rows": one micro-batch per step, chunked by rows in training_step. "examples": several processes;
-    # micro-batches of whole examples through gradient accumulation (see split_for_processes).
+    # micro-batches of whole examples through gradient accumulation (see build_trainer).
     split: str = "rows"
     passes: int = 0  # forward/backward passes run so far, for run_info
 
