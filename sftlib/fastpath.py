@@ -397,6 +397,8 @@ def make_plan(cfg, args, model) -> Plan:
     """The plan for this config, model and device: chunk size, measured activation memory, checkpointing."""
     import torch
 
+    from sftlib.config import DECIDED_WHEN_NULL
+
     device = args.device
     chunk = cfg.training.get("chunk_tokens") or default_chunk_tokens(device.type)
     autocast = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
@@ -406,14 +408,7 @@ def make_plan(cfg, args, model) -> Plan:
     per_token = activation_bytes_per_token(model, autocast)
     on_device = model.get_input_embeddings().weight.device == device
     weights = 0 if on_device else sum(p.numel() * p.element_size() for p in model.parameters())
-    explicit = next(
-        (
-            cfg.training[k]
-            for k in ("activation_checkpointing", "gradient_checkpointing")
-            if cfg.training.get(k) is not None
-        ),
-        None,
-    )
+    explicit = next((cfg.training[k] for k in DECIDED_WHEN_NULL if cfg.training.get(k) is not None), None)
     return plan(
         args.per_device_train_batch_size,
         args.gradient_accumulation_steps,
