@@ -1,16 +1,17 @@
 """`sftlib bench`: sftlib's default training path against a seed-style plain TRL run, same data and seed.
 
-The parent process measures the bf16 and fp32 matmul ceilings, tokenizes once (warming the
-datasets cache), then runs each side in its own subprocess so that each side's peak RSS
-(ru_maxrss) is its own:
+The parent process records the CPU (model name, whether bf16 is native), measures the bf16 and
+fp32 matmul ceilings on large squares and on the model's own linear-layer shapes at 128, 512 and
+2048 tokens per pass, tokenizes once (warming the datasets cache), then runs each side in its own
+subprocess so that each side's peak RSS (ru_maxrss) is its own:
 
 - baseline: plain `trl.SFTTrainer` as the seed ran it: TRL's defaults (bf16 autocast, activation
   checkpointing on), the checkpoint's dtype, the config's batch size, accumulation, max_length,
   learning rate and seed; no packing, each micro-batch padded to its longest example.
 - sftlib: exactly what `sftlib train` builds for the config (`sftlib.fastpath.build_trainer`).
 
-Both sides draw the same examples in the same order. The first optimizer step is warm-up and not
-timed. Token counts are real (non-pad) tokens; "trained" tokens are those that carry loss.
+Both sides draw the same examples in the same order. The first `warmup` optimizer steps (default:
+the steps sftlib times its pass-size candidates on, 7) are not timed, on either side. Token counts are real (non-pad) tokens; "trained" tokens are those that carry loss.
 Model FLOPs per real token: 6N for full fine-tuning, 4N for LoRA (no weight gradients for the
 frozen base), N = weights of the matmuls (lm_head included), plus causal attention
 (3 x 4 x layers x attention width x (position + 1) per token), so MFU does not reward padding.
@@ -128,29 +129,36 @@ def chat_mix_overrides(folder: Path) -> list[str]:
 # --------------------------------------------------------------------------- measurements
 
 
-def matmul_gflops(dtype_name: str, device: str = "cpu", seconds: float = 1.0) -> float:
-    """Best observed GFLOP/s of a square matmul in this dtype (best of many: other jobs share the cores)."""
-    import torch
-
-    n = 8192 if device == "cuda" else 1024
-    dtype = getattr(torch, dtype_name)
-    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    torch.matmul(a, b)
-    sync()
-    best, end = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t = time.perf_counter()
-        torch.matmul(a, b)
-        sync()
-        best = max(best, 2 * n**3 / (time.perf_counter() - t))
-    return best / 1e9
-
-
 def training_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def model_shape_ceilings(cfg, device: str, tokens=(128, 512, 2048)) -> dict[str, Any]:
+    """GFLOP/s of the model's own linear layers (forward + input gradient) at a few pass sizes, bf16 and fp32.
+
+    Built from the model's config on the meta device: only the layer shapes are needed, not the weights.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from sftlib import modeling
+    from sftlib.matmul import linear_shapes, model_matmul_gflops
+
+    config = AutoConfig.from_pretrained(
+        modeling.resolve_path(cfg.model), trust_remote_code=cfg.model.trust_remote_code
+    )
+    with torch.device("meta"):
+        shapes = linear_shapes(AutoModelForCausalLM.from_config(config))
+    return {
+        "tokens_per_pass": list(tokens),
+        "shapes": {f"{k}x{n}": count for (k, n), count in shapes.items()},
+        **{
+            name: {str(t): round(model_matmul_gflops(shapes, t, name, device), 1) for t in tokens}
+            for name in ("bfloat16", "float32")
+        },
+    }
 
 
 def matmul_params(model) -> int:
@@ -188,11 +196,15 @@ def step_timer():
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
+        """When each optimizer step ended, and the peak RSS (MB) by then."""
+
         def __init__(self):
             self.ends: list[float] = []
+            self.peak_rss_mb: list[float] = []
 
         def on_step_end(self, args, state, control, **kwargs):
             self.ends.append(time.perf_counter())
+            self.peak_rss_mb.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
     return StepTimer()
 
@@ -206,16 +218,31 @@ def _peak_gpu_mb() -> float | None:
     return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
 
-def run_side(side: str, config: str, overrides: list[str], steps: int, warmup: int = 1) -> dict[str, Any]:
-    """Train `warmup + steps` optimizer steps on one side; measure the last `steps`."""
+def default_warmup() -> int:
+    """Untimed steps on both sides: sftlib times its pass-size candidates on its first steps."""
+    from sftlib.autotune import MAX_CANDIDATES, PassTuner
+
+    return PassTuner.tuning_steps(MAX_CANDIDATES)
+
+
+def run_side(
+    side: str,
+    config: str,
+    overrides: list[str],
+    steps: int,
+    warmup: int | None = None,
+    profile_steps: int = 0,
+) -> dict[str, Any]:
+    """Train `warmup + steps` optimizer steps on one side; measure the last `steps`. With `profile_steps`,
+    that many more steps run under torch.profiler (not timed) and `profile` holds their breakdown."""
     import dataclasses
 
     from trl import SFTTrainer
 
     from sftlib import fastpath, masking, modeling
     from sftlib.config import load_config
-    from sftlib.train import sft_config
 
+    warmup = default_warmup() if warmup is None else warmup
     out_dir = tempfile.mkdtemp(prefix=f"sftlib-bench-{side}-")
     cfg = load_config(config, overrides)
     tokenizer = modeling.load_tokenizer(cfg.model)
@@ -223,7 +250,7 @@ def run_side(side: str, config: str, overrides: list[str], steps: int, warmup: i
     total = warmup + steps
     run = {
         "output_dir": out_dir,
-        "max_steps": total,
+        "max_steps": total + profile_steps,
         "save_strategy": "no",
         "eval_strategy": "no",
         "logging_steps": total,
@@ -251,9 +278,8 @@ def run_side(side: str, config: str, overrides: list[str], steps: int, warmup: i
     else:
         model = modeling.load_model(cfg.model)
         model.config.use_cache = False
-        args = sft_config(cfg, **run)
         peft_config = modeling.lora_config(cfg.model, model) if cfg.model.use_lora else None
-        trainer = fastpath.build_trainer(cfg, args, model, tokenizer, train, None, peft_config)
+        trainer = fastpath.build_trainer(cfg, model, tokenizer, train, None, peft_config, run_args=run)
     n_params = matmul_params(
         trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
     )
@@ -261,10 +287,16 @@ def run_side(side: str, config: str, overrides: list[str], steps: int, warmup: i
     trainer.data_collator = counter
     timer = step_timer()
     trainer.add_callback(timer)
+    profiler = None
+    if profile_steps:
+        from sftlib.profiling import ProfileSteps
+
+        profiler = ProfileSteps(total + 1, profile_steps, model.config.get_text_config().vocab_size)
+        trainer.add_callback(profiler)
     trainer.train()
 
     accumulation = trainer.args.gradient_accumulation_steps
-    plan = getattr(trainer, "sftlib_plan", None)
+    plan = trainer.plan.record() if side == "sftlib" else None
     timed = counter.batches[warmup * accumulation : total * accumulation]
     seconds = timer.ends[total - 1] - timer.ends[warmup - 1]
     lengths = [n for batch, _ in timed for n in batch]
@@ -277,12 +309,16 @@ def run_side(side: str, config: str, overrides: list[str], steps: int, warmup: i
         "gradient_accumulation_steps": accumulation,
         "activation_checkpointing": bool(trainer.args.gradient_checkpointing),
         "bf16_autocast": bool(trainer.args.bf16),
-        "weights_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "weights_dtype": _frozen_dtype(trainer.model),
         "collator": type(counter.collate).__name__,
-        "chunk_tokens": plan.chunk_tokens if plan else None,
+        "padding_free": bool(getattr(counter.collate, "padding_free", False)),
+        "pass_tokens": plan["pass_tokens"] if plan else None,
+        "precision": plan["precision"] if plan else None,
         "activation_mb_per_1k_tokens": (
-            plan.bytes_per_token * 1024 / 2**20 if plan and plan.bytes_per_token is not None else None
+            plan["bytes_per_token"] * 1024 / 2**20 if plan and plan["bytes_per_token"] is not None else None
         ),
+        "fast_path": plan,
+        "warmup_steps": warmup,
         "examples": len(lengths),
         "real_tokens": sum(lengths),
         "trained_tokens": trained,
@@ -292,17 +328,34 @@ def run_side(side: str, config: str, overrides: list[str], steps: int, warmup: i
         "trained_tokens_per_second": trained / seconds,
         "model_flops": flops,
         "achieved_gflops": flops / seconds / 1e9,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": timer.peak_rss_mb[total - 1],  # before any profiled step (the profiler holds memory)
         "peak_gpu_mb": _peak_gpu_mb(),
         "final_loss": trainer.state.log_history[-1].get("train_loss"),
+        "profile": profiler.result if profiler else None,
     }
+
+
+def _frozen_dtype(model) -> str:
+    """The dtype most weights are stored in (the frozen base with LoRA)."""
+    import collections
+
+    sizes: collections.Counter = collections.Counter()
+    for p in model.parameters():
+        sizes[str(p.dtype).replace("torch.", "")] += p.numel()
+    return sizes.most_common(1)[0][0]
 
 
 # --------------------------------------------------------------------------- the comparison (parent)
 
 
 def bench(
-    config: str, overrides: list[str] = (), steps: int = 5, data: str = "config", repeats: int = 1
+    config: str,
+    overrides: list[str] = (),
+    steps: int = 5,
+    data: str = "config",
+    repeats: int = 1,
+    warmup: int | None = None,
+    profile_steps: int = 0,
 ) -> dict[str, Any]:
     """Run both sides `repeats` times, alternating (ABBA...), and compare the best run of each."""
     from sftlib import masking, modeling
@@ -320,11 +373,15 @@ def bench(
         cfg, modeling.load_tokenizer(cfg.model), splits=("train",)
     )  # tokenize once, outside the timings
 
+    from sftlib.matmul import matmul_gflops
+
     device = training_device()
+    warmup = default_warmup() if warmup is None else warmup
     ceilings = {
         "device": device,
         "bf16_gflops": matmul_gflops("bfloat16", device),
         "fp32_gflops": matmul_gflops("float32", device),
+        "model_shapes": model_shape_ceilings(cfg, device),
     }
     runs: dict[str, list[dict]] = {side: [] for side in SIDES}
     order = [SIDES if r % 2 == 0 else SIDES[::-1] for r in range(repeats)]
@@ -341,6 +398,10 @@ def bench(
                 config,
                 "--steps",
                 str(steps),
+                "--warmup",
+                str(warmup),
+                "--profile-steps",
+                str(profile_steps),
             ]
             cmd += [x for o in overrides for x in ("--set", o)] + ["--out", str(result_file)]
             proc = subprocess.run(
@@ -356,11 +417,14 @@ def bench(
         # Where bf16 is emulated (no AVX512-BF16/AMX) its ceiling is below fp32's and mfu_bf16 can exceed 1:
         # utilization against the machine's fastest measured matmul is the honest figure there.
         r["mfu_best"] = r["achieved_gflops"] / max(ceilings["bf16_gflops"], ceilings["fp32_gflops"])
+        # Against the model's own layer shapes at 512 tokens per pass: what these matmuls can reach here.
+        r["mfu_model_bf16"] = r["achieved_gflops"] / ceilings["model_shapes"]["bfloat16"]["512"]
     return {
         "config": config,
         "overrides": overrides,
         "data": data,
         "steps": steps,
+        "warmup_steps": warmup,
         "repeats": repeats,
         "machine": machine(),
         "ceilings": ceilings,
@@ -377,13 +441,17 @@ def bench(
         ),
         "mfu_bf16": ours["mfu_bf16"],
         "mfu_best": ours["mfu_best"],
+        "mfu_model_bf16": ours["mfu_model_bf16"],
     }
 
 
 def machine() -> dict[str, Any]:
+    """The CPU (model name, whether bf16 is native and from which flags), cores, load, torch, GPU."""
     import platform
 
     import torch
+
+    from sftlib.modeling import cpu_bf16_flags, cpu_has_fast_bf16
 
     cpu = platform.processor()
     try:
@@ -395,6 +463,8 @@ def machine() -> dict[str, Any]:
         pass
     return {
         "cpu": cpu,
+        "cpu_bf16_flags": cpu_bf16_flags(),
+        "cpu_native_bf16": cpu_has_fast_bf16(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_average": os.getloadavg(),
@@ -413,6 +483,8 @@ def format_table(result: dict[str, Any]) -> str:
         ("peak GPU memory (MB)", "peak_gpu_mb", "{:.0f}"),
         ("MFU (bf16 ceiling)", "mfu_bf16", "{:.3f}"),
         ("MFU (fastest ceiling)", "mfu_best", "{:.3f}"),
+        ("MFU (model bf16 512)", "mfu_model_bf16", "{:.3f}"),
+        ("precision", "precision", "{}"),
         ("micro-batch x accum", None, None),
         ("weights / autocast", None, None),
         ("act. checkpointing", "activation_checkpointing", "{}"),
@@ -426,8 +498,7 @@ def format_table(result: dict[str, Any]) -> str:
             cells = [f"{r['micro_batch_size']} x {r['gradient_accumulation_steps']}" for r in (b, s)]
         elif label.startswith("tokens per pass"):
             cells = [
-                "whole micro-batch" if r["chunk_tokens"] is None else f"<= {r['chunk_tokens']}"
-                for r in (b, s)
+                "whole micro-batch" if r["pass_tokens"] is None else f"<= {r['pass_tokens']}" for r in (b, s)
             ]
         elif label.startswith("weights"):
             cells = [f"{r['weights_dtype']} / {'bf16' if r['bf16_autocast'] else 'off'}" for r in (b, s)]
@@ -436,8 +507,15 @@ def format_table(result: dict[str, Any]) -> str:
         else:
             cells = [fmt.format(r[key]) for r in (b, s)]
         lines.append(f"{label:22}{cells[0]:>22}{cells[1]:>22}")
-    c = result["ceilings"]
+    from sftlib.profiling import format_breakdown
+
+    for side in SIDES:
+        if result[side].get("profile"):
+            lines.append(format_breakdown(side, result[side]["profile"]))
+    c, m = result["ceilings"], result["machine"]
     gpu = result.get("gpu_memory_ratio")
+    bf16 = "native bf16" if m.get("cpu_native_bf16") else "emulated bf16"
+    lines.append(f"CPU: {m.get('cpu')} ({bf16}; flags {m.get('cpu_bf16_flags')})")
     lines.append(
         f"speedup {result['speedup']:.2f}x   rss_ratio {result['rss_ratio']:.2f}   "
         + (f"gpu_memory_ratio {gpu:.2f}   " if gpu is not None else "")
@@ -455,9 +533,11 @@ def _side_main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True)
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--profile-steps", type=int, default=0)
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    result = run_side(a.side, a.config, a.overrides, a.steps)
+    result = run_side(a.side, a.config, a.overrides, a.steps, a.warmup, a.profile_steps)
     Path(a.out).write_text(json.dumps(result, indent=2))
     return 0
 

@@ -164,8 +164,8 @@ def _barrier() -> None:
 class CompleteCheckpoints(TrainerCallback):
     """Marks each checkpoint complete after the Trainer saved it; rotates only complete ones.
 
-    Build it with the run's `save_total_limit` and set the Trainer's own to None (see `install`):
-    the Trainer rotates before this callback runs, which could delete the last complete
+    Build it with the run's `save_total_limit`; the Trainer's own is None (`sftlib.train.sft_config`),
+    because the Trainer rotates before this callback runs, which could delete the last complete
     checkpoint while the new one is still unmarked.
     """
 
@@ -195,9 +195,14 @@ class CompleteCheckpoints(TrainerCallback):
         _barrier()
 
 
-def install(trainer) -> CompleteCheckpoints:
-    """Add `CompleteCheckpoints` to `trainer`, taking over its checkpoint rotation."""
-    callback = CompleteCheckpoints(trainer.args.save_total_limit)
-    trainer.args.save_total_limit = None
+def install(trainer, save_total_limit: int | None) -> CompleteCheckpoints:
+    """Add `CompleteCheckpoints` to `trainer`, rotating to `save_total_limit` (the config's) itself."""
+    if trainer.args.save_total_limit is not None:
+        raise SftlibError(
+            "the trainer rotates checkpoints itself (save_total_limit is set in its SFTConfig), which could "
+            "delete the last complete checkpoint.",
+            "build the SFTConfig with sftlib.train.sft_config, which leaves rotation to sftlib.",
+        )
+    callback = CompleteCheckpoints(save_total_limit)
     trainer.add_callback(callback)
     return callback

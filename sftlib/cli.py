@@ -78,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time sftlib's training path against a plain TRL run (same data, seed)")
     _add_config(p, required=True)
-    p.add_argument("--steps", type=int, default=5, help="timed optimizer steps per side (after 1 warm-up)")
+    p.add_argument("--steps", type=int, default=5, help="timed optimizer steps per side (after the warm-up)")
+    p.add_argument(
+        "--warmup", type=int, default=None, help="untimed steps per side (default: sftlib's 7 tuning steps)"
+    )
+    p.add_argument("--profile-steps", type=int, default=0, help="then this many steps under torch.profiler")
     p.add_argument("--json", default=None, help="also write the full results here")
     p.add_argument("--data", choices=["config", "chat-mix"], default="config", help="chat-mix: synthetic")
     p.add_argument("--repeats", type=int, default=1, help="runs per side, alternated; best of each compared")
@@ -206,7 +210,15 @@ def cmd_bench(args) -> int:
 
     if args.steps < 1 or args.repeats < 1:
         raise SftlibError("--steps and --repeats must be at least 1.")
-    result = bench.bench(args.config, args.overrides, steps=args.steps, data=args.data, repeats=args.repeats)
+    result = bench.bench(
+        args.config,
+        args.overrides,
+        steps=args.steps,
+        data=args.data,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        profile_steps=args.profile_steps,
+    )
     print(bench.format_table(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

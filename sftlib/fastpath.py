@@ -1,45 +1,57 @@
-"""The fast path: each step's examples packed into [rows, L] with restarting position_ids, run in chunks.
+"""The fast path: one micro-batch per optimizer step, run as passes of whole examples, in TRL's trainer.
 
 Same examples per optimizer step as plain batching, so the same loss and gradients (up to float
-rounding); only the layout changes:
+rounding); only the layout and the precision change:
 
-- `PackedCollator` best-fit-decreasing packs a micro-batch's examples into rows of at most
-  `max_length` tokens, position_ids restart at 0 for every example, and no attention_mask is
-  passed. transformers' `create_causal_mask` then sees the restarts
-  (`masking_utils.find_packed_sequence_indices`) and builds a block-diagonal causal mask, so no
-  example attends to another. That detection only happens with no 2-D attention mask and no KV
-  cache: the trainer must call the model with use_cache=False (TRL's `compute_loss` does, and
-  `train` also sets `model.config.use_cache = False`). Each example's first label is set to -100,
-  since that position would otherwise be "predicted" from the previous example's last token; the
-  padded path never scores it either (labels are shifted).
-- Rows of `max_length`, not TRL's padding-free single [1, sum(L)] row: CPU SDPA with a mask costs
-  O(row length²), so one long row is ~2x slower than the same tokens in rows of max_length.
-- One micro-batch per optimizer step (all of per_device_train_batch_size x
-  gradient_accumulation_steps), so packing sees the whole step; forward and backward then run over
-  chunks of at most `chunk_tokens` tokens (`training.chunk_tokens`), gradients summed, each chunk's
-  loss normalized by the step's trained tokens (`num_items_in_batch`). Same loss and gradient as
-  one pass; activation memory is that of one chunk. Activation checkpointing stays off unless one
-  chunk's activations, measured on a short forward pass, would not fit in half the free memory.
-  With several processes the step is split into micro-batches of whole examples instead (gradient
-  accumulation), because every rank must run the same number of passes and rows differ per rank.
+- TRL's own padding-free collator (`DataCollatorForLanguageModeling(padding_free=True)`) turns the
+  step's examples (per_device_train_batch_size x gradient_accumulation_steps) into one row [1, T]
+  with position_ids restarting at 0 for every example and the first label of each example set to
+  -100. transformers' `create_causal_mask` sees the restarts (`find_packed_sequence_indices`) and
+  builds a block-diagonal causal mask, so no example attends to another. That detection only happens
+  with no 2-D attention mask and no KV cache: TRL's `compute_loss` and fused LM head call the model
+  with use_cache=False (and `train` sets `model.config.use_cache = False`).
+- `SftlibTrainer.training_step` splits that row into passes of whole examples of at most
+  `pass_tokens` tokens (best-fit decreasing), and runs forward and backward per pass, gradients
+  summed, each pass's loss normalized by the step's trained tokens (`num_items_in_batch`): the same
+  loss and gradient as one pass, with the activation memory of one pass. TRL computes the loss (its
+  fused LM head), its metrics and its token counts on every pass: each pass is a padding-free row,
+  the layout TRL counts.
+- Pass size and precision are chosen by measurement (`sftlib.autotune`), unless the config sets them
+  (`training.chunk_tokens`, `training.bf16` / `fp16`, `model.dtype`). With bf16 chosen for a frozen
+  base (LoRA), its weights are stored in bf16 and the adapters stay fp32, instead of autocasting fp32
+  weights op by op.
+- With several processes the step is split into micro-batches of whole examples instead (gradient
+  accumulation), because every rank must run the same number of passes and examples differ per rank.
+
+Where the fast path does not apply (TRL's packing, DeepSpeed, FSDP, remote model code), the same
+trainer class runs TRL's batches unchanged, and the log and run_info say why.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from typing import Any
+
+from trl import SFTTrainer
+
+from sftlib.errors import SftlibError
 
 log = logging.getLogger("sftlib")
 
 IGNORE = -100
 
+# Tokens per pass with several processes when `training.chunk_tokens` is unset (passes are not timed
+# there: every rank must run the same passes). Measured on one process, see README "Performance".
+DEFAULT_PASS_TOKENS = {"cpu": 512, "cuda": 4096}
+
 
 def pack_rows(lengths: list[int], max_length: int) -> list[list[int]]:
-    """Best-fit decreasing: indices of `lengths` grouped into rows whose lengths sum to <= max_length.
+    """Best-fit decreasing: indices of `lengths` grouped into bins whose lengths sum to <= max_length.
 
-    Longer items first, each into the fullest row it still fits (ties: the earliest row). An item
-    longer than max_length gets a row of its own (callers truncate before packing).
+    Longer items first, each into the fullest bin it still fits (ties: the earliest bin). An item
+    longer than max_length gets a bin of its own.
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     rows: list[list[int]] = []
@@ -59,364 +71,483 @@ def pack_rows(lengths: list[int], max_length: int) -> list[list[int]]:
     return rows
 
 
-@dataclasses.dataclass
-class PackedCollator:
-    """Examples with `input_ids` and `labels` -> {input_ids, labels, position_ids} of shape [rows, L].
+def example_spans(inputs: dict[str, Any]) -> list[tuple[int, int]]:
+    """(start, end) of every example in a padding-free row [1, T], from TRL's `cu_seq_lens_q`."""
+    bounds = inputs["cu_seq_lens_q"].tolist()
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
 
-    L is the longest packed row (<= max_length unless one example is longer). Padding gets
-    `pad_token_id`, label -100, and position_ids 0, 1, 2, ... of its own, so it is a separate
-    block that no example attends to.
+
+def split_passes(inputs: dict[str, Any], pass_tokens: int) -> list[dict[str, Any]]:
+    """A padding-free step [1, T] -> padding-free passes of whole examples of <= pass_tokens tokens each.
+
+    Every pass carries what TRL's collator gives a row (input_ids, labels, position_ids, the sequence
+    boundaries for varlen attention kernels); other keys are passed on unchanged.
     """
+    import torch
 
-    pad_token_id: int
-    max_length: int
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        import torch
-
-        lengths = [len(e["input_ids"]) for e in examples]
-        rows = pack_rows(lengths, self.max_length)
-        width = max(sum(lengths[i] for i in row) for row in rows)
-        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-        position_ids = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, row in enumerate(rows):
-            start = 0
-            for i in row:
-                n = lengths[i]
-                input_ids[r, start : start + n] = torch.as_tensor(examples[i]["input_ids"])
-                labels[r, start : start + n] = torch.as_tensor(examples[i]["labels"])
-                labels[r, start] = IGNORE  # no example is scored on a token of the one before it
-                position_ids[r, start : start + n] = torch.arange(n)
-                start += n
-            position_ids[r, start:] = torch.arange(width - start)
-        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "use_cache": False}
-
-
-# Tokens per forward/backward pass when `training.chunk_tokens` is unset (a pass always holds at least one
-# packed row). Measured with SmolLM2-135M + LoRA on 2 CPU cores (fp32, ~1.3 MB of activations per token):
-# chat-mix rows of 512 tokens ran at 259 tok/s one row per pass and 263 two rows per pass; the demo's
-# 65-token rows ran at 202 tok/s one row per pass, 236 three per pass and ~280 all eight at once, at
-# peak RSS 1611, 1863 and ~2400 MB. On a CPU, memory is the scarcer resource; a GPU needs more rows to
-# fill its cores.
-DEFAULT_CHUNK_TOKENS = {"cpu": 128, "cuda": 4096}
-MEASURE_TOKENS = 64  # length of the forward pass that measures activation memory
-
-
-def default_chunk_tokens(device_type: str) -> int:
-    return DEFAULT_CHUNK_TOKENS.get(device_type, DEFAULT_CHUNK_TOKENS["cuda"])
+    spans = example_spans(inputs)
+    bins = pack_rows([end - start for start, end in spans], pass_tokens)
+    per_token = ("input_ids", "labels", "position_ids")
+    boundaries = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx")
+    passes = []
+    for members in bins:
+        members = sorted(members)  # dataset order within a pass
+        index = torch.cat([torch.arange(*spans[i]) for i in members]).to(inputs["input_ids"].device)
+        lengths = torch.tensor([spans[i][1] - spans[i][0] for i in members])
+        one = {k: v for k, v in inputs.items() if k not in per_token + boundaries}
+        one.update({k: inputs[k][:, index] for k in per_token})
+        cu = torch.cat([torch.zeros(1, dtype=torch.int32), lengths.cumsum(0).to(torch.int32)])
+        cu = cu.to(inputs["cu_seq_lens_q"].device)
+        one["cu_seq_lens_q"] = one["cu_seq_lens_k"] = cu
+        one["max_length_q"] = one["max_length_k"] = int(lengths.max())
+        if "seq_idx" in inputs:
+            one["seq_idx"] = torch.repeat_interleave(torch.arange(len(members), dtype=torch.int32), lengths)[
+                None
+            ].to(inputs["seq_idx"].device)
+        passes.append(one)
+    return passes
 
 
 @dataclasses.dataclass
 class Plan:
-    """How the fast path runs one optimizer step.
+    """What sftlib decided for this run, and why; `record()` goes into run_info.json["fast_path"].
 
-    The step's examples (per_device_train_batch_size x gradient_accumulation_steps) form one
-    micro-batch, packed into rows; forward and backward then run over chunks of rows of at most
-    `chunk_tokens` tokens (at least one row), so activation memory is bounded by the chunk, not by the
-    batch. Activation checkpointing is used only when one chunk's activations would not fit.
+    `split`: "passes" (one micro-batch per step, split into passes in training_step), "examples"
+    (several processes: micro-batches of whole examples through gradient accumulation) or "none"
+    (the fast path does not apply: TRL's batches as configured).
     """
 
+    used: bool
+    why: str  # why the fast path is on or off
     examples_per_step: int
-    chunk_tokens: int
-    bytes_per_token: float | None  # activations autograd keeps per token, measured; None if unmeasured
+    split: str
+    pass_tokens: int | None  # None while it is being timed
+    pass_tokens_from: str
+    precision: str  # "bf16", "fp32", or as configured
+    precision_from: str
+    precision_seconds: dict[str, float] | None  # timed candidates, seconds per pass of the linear layers
+    frozen_weights_dtype: str | None  # the frozen base's dtype when sftlib cast it, else None
+    bytes_per_token: float | None  # activations autograd keeps per token, measured
     activation_checkpointing: bool
-    why: str
-    # "rows": one micro-batch per step, chunked by rows in training_step. "examples": several processes;
-    # micro-batches of whole examples through gradient accumulation (see build_trainer).
-    split: str = "rows"
-    passes: int = 0  # forward/backward passes run so far, for run_info
+    checkpointing_from: str
+    micro_batch: int | None = None  # examples per micro-batch when split == "examples"
+    allocator: str | None = None  # what sftlib told the C allocator (see autotune.keep_freed_memory)
+    attention_calls_at_start: dict[str, int] = dataclasses.field(default_factory=dict)
+    tuner: Any = None  # autotune.PassTuner while pass size is timed
+    passes: int = 0  # forward/backward passes run so far
 
     def record(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        from sftlib.attention import CALLS
 
-    def rows_per_chunk(self, row_length: int) -> int:
-        return max(1, self.chunk_tokens // max(1, row_length))
+        hidden = ("tuner", "attention_calls_at_start")
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in hidden}
+        # Attention calls run per example (sftlib.attention) and those that fell back to sdpa, this run
+        start = self.attention_calls_at_start
+        out["attention_calls"] = {k: v - start.get(k, 0) for k, v in dataclasses.asdict(CALLS).items()}
+        out["pass_timing"] = self.tuner.record_dict() if self.tuner is not None else None
+        if self.tuner is not None and self.tuner.chosen is not None:
+            out["pass_tokens"] = self.tuner.chosen
+        return out
 
     def describe(self) -> str:
         per_k = (
             ""
             if self.bytes_per_token is None
-            else f" ({self.bytes_per_token * 1024 / 2**20:.0f} MB per 1k tokens)"
+            else f" ({self.bytes_per_token * 1024 / 2**20:.0f} MB of activations per 1k tokens)"
         )
-        unit = "chunks of rows" if self.split == "rows" else "micro-batches of whole examples"
+        if not self.used:
+            head = f"fast path off: {self.why}"
+        elif self.tuner is not None:
+            head = (
+                f"fast path: {self.examples_per_step} examples per optimizer step, forward/backward over passes of "
+                f"whole examples; pass size timed on the first steps among {self.tuner.candidates} tokens"
+            )
+        else:
+            unit = "passes" if self.split == "passes" else "micro-batches of whole examples"
+            head = (
+                f"fast path: {self.examples_per_step} examples per optimizer step, forward/backward over {unit} "
+                f"of <= {self.pass_tokens} tokens ({self.pass_tokens_from})"
+            )
+        timed = (
+            ""
+            if not self.precision_seconds
+            else " (linear layers per pass: "
+            + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in self.precision_seconds.items())
+            + ")"
+        )
+        weights = (
+            f"; frozen weights stored in {self.frozen_weights_dtype}" if self.frozen_weights_dtype else ""
+        )
         return (
-            f"fast path: {self.examples_per_step} examples per optimizer step packed into rows, forward/backward "
-            f"over {unit} of <= {self.chunk_tokens} tokens{per_k}; activation checkpointing "
-            f"{'on' if self.activation_checkpointing else 'off'}: {self.why}"
+            f"{head}; precision {self.precision}: {self.precision_from}{timed}{weights}{per_k}; "
+            f"activation checkpointing {'on' if self.activation_checkpointing else 'off'}: {self.checkpointing_from}"
         )
 
 
-def plan(
-    batch_size: int,
-    accumulation: int,
-    max_length: int,
-    chunk_tokens: int,
-    bytes_per_token: float | None,
-    free_bytes: int | None,
-    checkpointing: bool | None = None,
-) -> Plan:
-    """The step plan; `checkpointing` None = decide from memory, a bool = the config's explicit choice."""
-    examples = batch_size * accumulation
-    if checkpointing is not None:
-        why = "set by training.activation_checkpointing"
-    elif bytes_per_token is None or free_bytes is None:
-        checkpointing, why = False, "activation memory could not be measured"
-    else:
-        # A chunk holds at least one row, and a row up to max_length tokens.
-        need = max(chunk_tokens, max_length) * bytes_per_token
-        checkpointing = need > free_bytes / 2
-        why = (
-            f"one chunk's activations (~{need / 2**20:.0f} MB) "
-            f"{'exceed' if checkpointing else 'fit in'} half the free memory ({free_bytes / 2**20:.0f} MB)"
-        )
-    return Plan(examples, chunk_tokens, bytes_per_token, checkpointing, why)
+class SftlibTrainer(SFTTrainer):
+    """TRL's SFTTrainer plus what TRL lacks: a step run as passes of whole examples, and a loss check.
 
-
-def examples_per_micro_batch(examples_per_step: int, longest: int, chunk_tokens: int) -> int:
-    """The most examples per micro-batch that divide the step and whose worst case fits one chunk (>= 1)."""
-    budget = max(chunk_tokens, longest)
-    return max(
-        k for k in range(1, examples_per_step + 1) if examples_per_step % k == 0 and k * longest <= budget
-    )
-
-
-def activation_bytes_per_token(model, autocast_dtype=None, tokens: int = MEASURE_TOKENS) -> float | None:
-    """Bytes of activations autograd keeps for the backward pass, per token, from two short forward passes.
-
-    Gradients flow into the input embeddings, so a frozen base model keeps what LoRA's backward needs;
-    the run's autocast applies; weights are not counted and shared storage counts once. The passes
-    are `tokens` and 2 x `tokens` long and the difference is taken, so per-pass costs (autocast's
-    low-precision weight copies, rotary tables) don't count as per-token ones. The RNG state is
-    restored, so the run's dropout masks are unchanged. None for a model without a plain backbone.
+    `plan` (a `Plan`) says how steps are split; `loss_check`, when given, is called with each
+    step's loss and step number before the optimizer applies it (see `sftlib.guards.FiniteLoss`).
+    TRL computes the loss, its metrics and its token counts on every pass.
     """
-    backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    if backbone is None or model.get_input_embeddings() is None:
-        return None
-    short, long = (_saved_bytes(model, backbone, n, autocast_dtype) for n in (tokens, 2 * tokens))
-    return max(0, long - short) / tokens
 
+    def __init__(self, *args, plan: Plan, loss_check=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.plan = plan
+        self.loss_check = loss_check
 
-def _saved_bytes(model, backbone, tokens: int, autocast_dtype) -> int:
-    import torch
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        plan = self.plan
+        if plan.split == "passes" and num_items_in_batch is not None:
+            loss = self._step_in_passes(model, inputs, num_items_in_batch)
+        else:
+            # TRL's own batches, or several processes: one pass per micro-batch. A model that takes no
+            # loss kwargs gives no step-wide count to normalize passes with, so its step runs whole.
+            loss = self._pass(model, inputs, num_items_in_batch)
+        if self.loss_check is not None:
+            self.loss_check(loss, self.state.global_step + 1)
+        return loss
 
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
+    def _step_in_passes(self, model, inputs, num_items_in_batch):
+        """Forward and backward per pass, gradients summed: the step's gradient in one pass's memory.
 
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in weights:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return t
+        Every pass's loss is normalized by the whole step's trained tokens, so the sum equals the
+        loss of one pass over the step.
+        """
+        from sftlib.autotune import StepClock
 
-    device = model.get_input_embeddings().weight.device
-    ids = torch.zeros((1, tokens), dtype=torch.long, device=device)
-    positions = torch.arange(tokens, device=device).unsqueeze(0)
-    was_training = model.training
-    model.train()
-    try:
-        with (
-            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
-            torch.enable_grad(),
-            torch.autocast(
-                device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
-            ),
-            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
-        ):
-            embeds = model.get_input_embeddings()(ids).detach().requires_grad_()
-            backbone(inputs_embeds=embeds, position_ids=positions, use_cache=False)
-    finally:
-        model.train(was_training)
-    return sum(saved.values())
-
-
-def free_memory_bytes(device, pending_bytes: int = 0) -> int:
-    """Memory free for activations on `device`, less `pending_bytes` still to be placed there."""
-    import torch
-
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
-    else:
-        import psutil
-
-        free = psutil.virtual_memory().available
-    return max(0, free - pending_bytes)
-
-
-LOSS_CHUNK = 1024  # trained tokens per LM-head tile: bounds the [tokens, vocab] logits held at once
-
-
-def trained_token_loss(hidden, weight, labels, num_items=None, chunk: int = LOSS_CHUNK):
-    """Causal LM loss from the backbone's hidden states, scoring only the trained positions.
-
-    hidden [B, L, H], labels [B, L] unshifted (-100 = not trained). The LM head runs on the
-    positions whose next token is trained, in checkpointed tiles of `chunk` tokens: no [B, L, vocab]
-    logits, no work on prompts or padding. Returns the summed loss / num_items (default: the number of
-    trained tokens).
-    """
-    import torch
-    from torch.utils.checkpoint import checkpoint
-
-    targets = labels[:, 1:]
-    mask = targets != IGNORE
-    selected, targets = hidden[:, :-1][mask], targets[mask]
-    total = hidden.sum() * 0.0  # connected to the graph even when nothing is trained
-    for start in range(0, targets.numel(), chunk):
-        h, t = selected[start : start + chunk], targets[start : start + chunk]
-        total = total + checkpoint(_tile_nll, h, weight, t, use_reentrant=False)
-    denominator = targets.numel() if num_items is None else num_items
-    return total / torch.as_tensor(denominator, device=total.device).clamp(min=1)
-
-
-def _tile_nll(h, weight, t):
-    import torch
-
-    logits = torch.nn.functional.linear(h, weight)
-    return torch.nn.functional.cross_entropy(logits.float(), t, reduction="sum")
-
-
-def fast_trainer_class():
-    """SFTTrainer with `trained_token_loss` on one process (the backbone is called directly, so DDP is
-    left to TRL's own loss)."""
-    from trl import SFTTrainer
-
-    class FastSFTTrainer(SFTTrainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            base = self.accelerator.unwrap_model(model)
-            base = base.get_base_model() if hasattr(base, "get_base_model") else base
-            simple = not return_outputs and self.accelerator.num_processes == 1 and "position_ids" in inputs
-            if not (simple and _plain_lm_head(base)):
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            backbone = getattr(base, base.base_model_prefix)
-            hidden = backbone(
-                input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], use_cache=False
-            ).last_hidden_state
-            weight = base.get_output_embeddings().weight
-            loss = trained_token_loss(hidden, weight, inputs["labels"], num_items_in_batch)
-            mode = "train" if self.model.training else "eval"
-            if mode == "train":
-                self._total_train_tokens += inputs["input_ids"].numel()
-                self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
-            return loss
-
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            """Forward and backward over chunks of rows, gradients summed: the step's gradient, in less memory.
-
-            Every chunk's loss is normalized by the whole step's trained tokens, so the sum equals the
-            unchunked loss. Without that count (a model that takes no loss kwargs) the step runs whole.
-            """
-            import torch
-
-            n, width = inputs["input_ids"].shape
-            rows = self.sftlib_plan.rows_per_chunk(width)
-            if self.sftlib_plan.split != "rows" or n <= rows or num_items_in_batch is None:
-                self.sftlib_plan.passes += 1
-                return super().training_step(model, inputs, num_items_in_batch)
-            starts = range(0, n, rows)
-            total = None
-            for start in starts:
-                chunk = {k: v[start : start + rows] if torch.is_tensor(v) else v for k, v in inputs.items()}
-                loss = super().training_step(model, chunk, num_items_in_batch)
-                self.sftlib_plan.passes += 1
+        tuner = self.plan.tuner
+        size = tuner.size_for_next_step() if tuner is not None else self.plan.pass_tokens
+        total = None
+        with StepClock(self.args.device) as clock:
+            for one in split_passes(inputs, size):
+                loss = self._pass(model, one, num_items_in_batch)
                 total = loss if total is None else total + loss
-            return total
+        if tuner is not None and tuner.chosen is None:
+            tuner.record(size, int(inputs["input_ids"].numel()), clock.seconds)
+            if tuner.chosen is not None:
+                log.info(
+                    "pass size: %d tokens (timed on the first %d steps, tokens/s by pass size: %s)",
+                    tuner.chosen,
+                    self.state.global_step + 1,
+                    {k: round(v) for k, v in tuner.tokens_per_second().items()},
+                )
+        return total
 
-    return FastSFTTrainer
+    def _pass(self, model, inputs, num_items_in_batch):
+        """One forward/backward pass through TRL's training_step. On the fast path, TRL's fused LM head
+        sees only the positions whose next token is trained (`trained_positions_only`), and with the
+        frozen base in bf16 the adapters take its bf16 activations as they are (autocast runs them)."""
+        self.plan.passes += 1
+        unwrapped = self.accelerator.unwrap_model(model)
+        keep = None
+        if self.plan.used and self._head_takes_positions():
+            keep = (inputs["labels"][0, 1:] != IGNORE).nonzero().flatten()
+            if keep.numel() > 0:  # nothing trained: TRL's own path keeps the graph connected
+                inputs = {**inputs, "shift_labels": inputs["labels"][:, 1:][:, keep]}
+            else:
+                keep = None
+        with contextlib.ExitStack() as stack:
+            if keep is not None:
+                stack.enter_context(trained_positions_only(_backbone(unwrapped), keep))
+            if self.plan.frozen_weights_dtype is not None:
+                from peft.helpers import disable_input_dtype_casting
+
+                # PEFT would copy every adapter input to fp32 (the adapters' dtype); under autocast the
+                # adapter matmuls take bf16 inputs and keep fp32 weights and gradients.
+                stack.enter_context(disable_input_dtype_casting(unwrapped))
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    def _head_takes_positions(self) -> bool:
+        """Whether TRL computes the loss from its fused head's per-token outputs alone (no full logits)."""
+        return self.compute_loss_func is None and self.label_smoother is None and not self.aux_loss_enabled
 
 
-def _plain_lm_head(model) -> bool:
-    """logits = hidden @ W.T exactly: a plain Linear head without bias, adapter, scaling or softcap."""
-    import torch
+def _backbone(model):
+    """The module TRL's fused LM head runs before the head (`base_model` of the causal LM)."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return causal_lm.base_model
 
-    head = model.get_output_embeddings()
-    text = model.config.get_text_config()
-    scaled = any(
-        getattr(text, k, None) not in (None, 1.0)
-        for k in (
-            "final_logit_softcapping",
-            "logit_scale",
-            "output_multiplier",
-            "lm_head_multiplier",
-            "logits_scaling",
-        )
-    )
-    return type(head) is torch.nn.Linear and head.bias is None and not scaled
+
+class trained_positions_only:
+    """While active, `backbone`'s `last_hidden_state` keeps only the positions `keep`.
+
+    TRL's fused LM head, given `shift_labels` (already shifted labels), scores the backbone's hidden
+    states as they are; with only the positions whose next token is trained, it projects and folds
+    those alone. TRL does the same itself on CUDA/XPU (its compact path); on other devices it scores
+    every position, prompts included. Same loss, metrics and gradients; a forward hook (public
+    torch API), removed on exit.
+    """
+
+    def __init__(self, backbone, keep):
+        self.backbone, self.keep = backbone, keep
+
+    def _select(self, module, args, output):
+        output.last_hidden_state = output.last_hidden_state[:, self.keep]
+        return output
+
+    def __enter__(self):
+        self.handle = self.backbone.register_forward_hook(self._select)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+# --------------------------------------------------------------------------- building the trainer
 
 
 def applies(cfg, args) -> tuple[bool, str]:
-    """(whether the fast path is used, why not when it isn't)."""
+    """(whether the fast path is used, why or why not)."""
     if args.packing or args.padding_free:
-        return False, "training.packing / padding_free set: TRL's own packing is used"
+        return False, "training.packing / padding_free is set: TRL's own packing runs the batches"
     if cfg.model.trust_remote_code:
-        return False, "remote model code may not detect packed rows from position_ids"
+        return False, "remote model code may not detect packed examples from position_ids"
     if args.deepspeed or args.fsdp:
         return False, "DeepSpeed and FSDP count micro-batches themselves: the configured batches are used"
-    return True, ""
+    return True, "one micro-batch per optimizer step, split into passes of whole examples"
 
 
-def build_trainer(cfg, args, model, tokenizer, train_dataset, eval_dataset, peft_config, **kwargs):
-    """The SFTTrainer `sftlib train` uses: the fast path where it applies, plain TRL otherwise.
+def build_trainer(
+    cfg,
+    model,
+    tokenizer,
+    train_dataset,
+    eval_dataset,
+    peft_config,
+    *,
+    run_args=None,
+    loss_check=None,
+    **kwargs,
+):
+    """The trainer `sftlib train` uses: decide the plan, build the SFTConfig it needs, then the trainer.
 
-    Mutates `args` (micro-batch size, accumulation, activation checkpointing) as the plan says.
+    `run_args` are extra SFTConfig fields (the bench sets max_steps, save_strategy ...). The model's
+    frozen weights may be cast to bf16 here (see `make_plan`).
     """
-    from trl import SFTTrainer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    kwargs = dict(
+    from sftlib import attention
+    from sftlib.train import sft_config
+
+    run_args = dict(run_args or {})
+    configured = sft_config(cfg, **run_args)
+    plan = make_plan(cfg, configured, model, train_dataset)
+    log.info("%s", plan.describe())
+    args = sft_config(cfg, **run_args, **sft_fields(plan, configured, cfg))
+    if plan.used:
+        kwargs["data_collator"] = DataCollatorForLanguageModeling(
+            pad_token_id=tokenizer.pad_token_id, padding_free=True
+        )
+        # Each example attends within itself, without transformers' [T, T] block-diagonal mask
+        model.set_attn_implementation(attention.register())
+    trainer = SftlibTrainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
+        plan=plan,
+        loss_check=loss_check,
         **kwargs,
     )
-    ok, why = applies(cfg, args)
-    if not ok:
-        log.info("fast path off: %s", why)
-        return SFTTrainer(**kwargs)
-    p = make_plan(cfg, args, model)
-    args.per_device_train_batch_size, args.gradient_accumulation_steps = p.examples_per_step, 1
-    if args.world_size > 1:
-        # Each process packs its own examples, so row counts differ between ranks, while every rank must
-        # run the same number of forward passes per step (DDP and TRL's metrics communicate in each).
-        # Whole-example micro-batches through gradient accumulation keep the counts equal.
-        p.split = "examples"
-        k = examples_per_micro_batch(
-            p.examples_per_step, _longest(train_dataset, cfg.model.max_seq_length), p.chunk_tokens
-        )
-        args.per_device_train_batch_size, args.gradient_accumulation_steps = k, p.examples_per_step // k
-    args.activation_checkpointing = args.gradient_checkpointing = p.activation_checkpointing
-    log.info("%s", p.describe())
-    collator = PackedCollator(pad_token_id=tokenizer.pad_token_id, max_length=cfg.model.max_seq_length)
-    trainer = fast_trainer_class()(data_collator=collator, **kwargs)
-    trainer.sftlib_plan = p
+    if plan.frozen_weights_dtype is not None:
+        _check_trainable_fp32(trainer.model)
     return trainer
 
 
-def make_plan(cfg, args, model) -> Plan:
-    """The plan for this config, model and device: chunk size, measured activation memory, checkpointing."""
-    import torch
-
+def sft_fields(plan: Plan, configured, cfg) -> dict[str, Any]:
+    """The SFTConfig fields the plan decides."""
     from sftlib.config import DECIDED_WHEN_NULL
 
+    fields: dict[str, Any] = {}
+    if plan.split == "passes":
+        fields.update(per_device_train_batch_size=plan.examples_per_step, gradient_accumulation_steps=1)
+    elif plan.split == "examples":
+        fields.update(
+            per_device_train_batch_size=plan.micro_batch,
+            gradient_accumulation_steps=plan.examples_per_step // plan.micro_batch,
+        )
+    if all(cfg.training.get(k) is None for k in DECIDED_WHEN_NULL):
+        fields["activation_checkpointing"] = plan.activation_checkpointing
+    if cfg.training.get("bf16") is None and cfg.training.get("fp16") is None:
+        fields["bf16"] = plan.precision == "bf16"  # autocast: with the frozen base in bf16, for the adapters
+        fields["fp16"] = False
+    return fields
+
+
+def _check_trainable_fp32(model) -> None:
+    import torch
+
+    low = [n for n, p in model.named_parameters() if p.requires_grad and p.dtype != torch.float32]
+    if low:
+        raise SftlibError(
+            f"{len(low)} trainable parameters are not float32 after storing the frozen weights in bf16 "
+            f"(first: {low[0]}).",
+            "set training.bf16: true (autocast, fp32 weights) or model.dtype explicitly.",
+        )
+
+
+def make_plan(cfg, args, model, train_dataset) -> Plan:
+    """Decide the step layout, the precision and activation checkpointing for this config, model and device."""
+    import torch
+
+    from sftlib import attention, autotune
+
     device = args.device
-    chunk = cfg.training.get("chunk_tokens") or default_chunk_tokens(device.type)
-    autocast = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+    used, why = applies(cfg, args)
+    chunk = cfg.training.get("chunk_tokens")
+    if not used and chunk is not None:
+        raise SftlibError(
+            f"training.chunk_tokens={chunk} is set, but sftlib's fast path, which reads it, is off: {why}.",
+            "remove training.chunk_tokens, or the setting that turns the fast path off.",
+        )
+    examples = args.per_device_train_batch_size * args.gradient_accumulation_steps
+    longest = _longest(train_dataset, cfg.model.max_seq_length)
     placed = getattr(model, "hf_device_map", None) is not None or getattr(model, "is_loaded_in_4bit", False)
-    if not placed and model.get_input_embeddings().weight.device != device:
+    sharded = bool(args.deepspeed or args.fsdp)
+    if not placed and not sharded and model.get_input_embeddings().weight.device != device:
         model.to(device)  # where the Trainer puts it anyway: measure there (a large model is slow on a CPU)
-    per_token = activation_bytes_per_token(model, autocast)
+
+    loaded_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    precision, precision_from, seconds, cast = _decide_precision(cfg, args, model, sharded, chunk or 512)
+    autocast = torch.bfloat16 if precision == "bf16" else torch.float16 if precision == "fp16" else None
+    measured = None if sharded else autotune.activation_bytes_per_token(model, autocast)
+    if used and measured is not None:
+        # Measured with transformers' attention; sftlib.attention also keeps attention probabilities
+        # (per token: layers x heads x example length), counted at the longest example.
+        size = 4 if precision == "fp32" else 2
+        measured += attention.saved_bytes_per_token(model.config, longest, size)
     on_device = model.get_input_embeddings().weight.device == device
     weights = 0 if on_device else sum(p.numel() * p.element_size() for p in model.parameters())
+    free = autotune.free_memory_bytes(device, weights)
+
+    split, pass_tokens, pass_from, tuner, micro = "none", None, "TRL's configured batches", None, None
+    if used:
+        # A pass holds at most what one configured micro-batch can, and activations of at most the weights'
+        # size as loaded (and half the free memory): measured on chat-mix, 1024-token passes instead of 512
+        # ran 5% faster and raised peak RSS from 2.9 to 4.2 GB.
+        cap = args.per_device_train_batch_size * cfg.model.max_seq_length
+        if measured:
+            cap = min(cap, int(min(loaded_bytes, free / 2) / measured))
+        if chunk is not None:
+            pass_tokens, pass_from = chunk, "training.chunk_tokens"
+        elif args.world_size > 1:
+            pass_tokens = DEFAULT_PASS_TOKENS.get(device.type, DEFAULT_PASS_TOKENS["cuda"])
+            pass_from = "default: not timed with several processes, every rank must run the same passes"
+        else:
+            whole_step = examples * longest  # the most tokens a step can hold
+            candidates = autotune.pass_candidates(whole_step, max(cap, autotune.FIRST_PASS_TOKENS))
+            if len(candidates) == 1:
+                pass_tokens, pass_from = candidates[0], "the only size within the step and memory"
+            else:
+                tuner, pass_from = autotune.PassTuner(candidates), "timed on the first steps"
+        split = "examples" if args.world_size > 1 else "passes"
+        if split == "examples":
+            micro = examples_per_micro_batch(examples, longest, pass_tokens)
+    checkpointing, checkpointing_from = _decide_checkpointing(
+        cfg, measured, free, sharded, pass_tokens or autotune.FIRST_PASS_TOKENS, longest, used, args
+    )
+    plan = Plan(
+        used=used,
+        why=why,
+        examples_per_step=examples,
+        split=split,
+        pass_tokens=pass_tokens,
+        pass_tokens_from=pass_from,
+        precision=precision,
+        precision_from=precision_from,
+        precision_seconds=seconds,
+        frozen_weights_dtype=cast,
+        bytes_per_token=measured,
+        activation_checkpointing=checkpointing,
+        checkpointing_from=checkpointing_from,
+        micro_batch=micro,
+        allocator=autotune.keep_freed_memory() if used and device.type == "cpu" else None,
+        attention_calls_at_start=dataclasses.asdict(attention.CALLS),
+        tuner=tuner,
+    )
+    return plan
+
+
+def _decide_precision(cfg, args, model, sharded: bool, tokens: int):
+    """(precision, why, timed seconds or None, dtype the frozen weights were cast to or None)."""
+    import torch
+
+    from sftlib import autotune
+
+    t = cfg.training
+    if t.get("bf16") is not None or t.get("fp16") is not None:
+        name = "bf16" if t.get("bf16") else "fp16" if t.get("fp16") else "fp32"
+        return name, "set by training.bf16 / training.fp16", None, None
+    if cfg.model.load_in_4bit:
+        return "bf16", "4-bit base: computes in model.dtype (bf16 unless set)", None, None
+    if cfg.model.dtype not in (None, "float32"):
+        return cfg.model.dtype, f"set by model.dtype={cfg.model.dtype}", None, None
+    frozen_base = cfg.model.use_lora and cfg.model.lora_config.bias == "none" and not sharded
+    seconds = _shared_timing(
+        args, lambda: autotune.time_precisions(model, tokens, args.device.type, not cfg.model.use_lora)
+    )
+    choice = autotune.faster(seconds)
+    why = f"the faster on this machine's matmuls at the model's shapes ({tokens} tokens per pass)"
+    if args.world_size > 1:
+        why += ", timed on rank 0"
+    cast = None
+    if choice == "bf16" and frozen_base:
+        # Every weight of the base: the trainer's PEFT wrapping freezes them all and adds fp32 adapters.
+        autotune.cast_weights(model, torch.bfloat16, frozen_only=False)
+        cast = "bfloat16"
+    return choice, why, seconds, cast
+
+
+def _shared_timing(args, measure):
+    """`measure()` on rank 0, the same result on every rank (ranks must make the same choice)."""
+    if args.world_size == 1:
+        return measure()
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    result = [measure() if PartialState().is_main_process else None]
+    broadcast_object_list(result, from_process=0)
+    return result[0]
+
+
+def _decide_checkpointing(cfg, measured, free, sharded, pass_tokens, longest, used, args) -> tuple[bool, str]:
+    from sftlib.config import DECIDED_WHEN_NULL
+
     explicit = next((cfg.training[k] for k in DECIDED_WHEN_NULL if cfg.training.get(k) is not None), None)
-    return plan(
-        args.per_device_train_batch_size,
-        args.gradient_accumulation_steps,
-        cfg.model.max_seq_length,
-        chunk,
-        per_token,
-        free_memory_bytes(device, weights),
-        explicit,
+    if explicit is not None:
+        return bool(explicit), "set by training.activation_checkpointing"
+    if sharded:
+        return True, (
+            "activation memory is not measured under DeepSpeed/FSDP (the model is sharded), so the memory-saving "
+            "choice is kept; set training.activation_checkpointing: false to turn it off"
+        )
+    if measured is None:
+        raise SftlibError(
+            "could not measure this model's activation memory (it has no plain backbone with input embeddings), "
+            "and that measurement decides activation checkpointing.",
+            "set training.activation_checkpointing: true (less memory, about a third slower) or false.",
+        )
+    # A pass holds at least one whole example, up to max_length tokens; TRL's batches hold the micro-batch.
+    tokens = (
+        max(pass_tokens, longest) if used else args.per_device_train_batch_size * cfg.model.max_seq_length
+    )
+    need = tokens * measured
+    on = need > free / 2
+    return on, (
+        f"one pass's activations (~{need / 2**20:.0f} MB for {tokens} tokens) "
+        f"{'exceed' if on else 'fit in'} half the free memory ({free / 2**20:.0f} MB)"
+    )
+
+
+def examples_per_micro_batch(examples_per_step: int, longest: int, pass_tokens: int) -> int:
+    """The most examples per micro-batch that divide the step and whose worst case fits one pass (>= 1)."""
+    budget = max(pass_tokens, longest)
+    return max(
+        k for k in range(1, examples_per_step + 1) if examples_per_step % k == 0 and k * longest <= budget
     )
 
 

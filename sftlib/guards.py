@@ -6,7 +6,9 @@
 - A NaN or inf loss ends the run with `Diverged`, naming the step, before the optimizer applies
   that step: no checkpoint is written from it, so the last complete one stays the last good one.
 
-`guarded(trainer, cfg)` installs both (and `checkpoints.CompleteCheckpoints`) around `trainer.train`.
+`guarded(trainer, cfg)` installs the signal handlers, the `StopOnSignal` callback and
+`checkpoints.CompleteCheckpoints` around `trainer.train`; `FiniteLoss` is given to the trainer when it
+is built (`sftlib.fastpath.build_trainer(..., loss_check=FiniteLoss(cfg))`).
 """
 
 from __future__ import annotations
@@ -102,45 +104,45 @@ def _signal_handlers(handler):
             signal.signal(s, h)
 
 
-def _checked_training_step(trainer, cfg):
-    import torch
+class FiniteLoss:
+    """Raises `Diverged` for a step loss that is NaN or inf, before the optimizer applies that step.
 
-    original = trainer.training_step
+    `sftlib.fastpath.SftlibTrainer` calls it with each step's loss (its `loss_check`); the message
+    names the step, the last good checkpoint and how to continue.
+    """
 
-    def training_step(model, inputs, num_items_in_batch=None):
-        loss = original(model, inputs, num_items_in_batch)
-        if not bool(torch.isfinite(loss).all()):
-            step = trainer.state.global_step + 1
-            good = checkpoints.latest_complete(cfg.output_dir)
-            kept = (
-                f"the last good checkpoint is {good}"
-                if good is not None
-                else "no checkpoint had been saved yet"
-            )
-            value = "nan" if bool(torch.isnan(loss).any()) else "inf"
-            raise Diverged(
-                f"the training loss became {value} at step {step}; training stopped before applying that step, "
-                f"and {kept}.",
-                "lower training.learning_rate, keep training.max_grad_norm > 0, or use float32 / bf16 instead of "
-                f"fp16; then start again with --overwrite, or continue with `{resume_command(cfg)}`.",
-                step,
-            )
-        return loss
+    def __init__(self, cfg):
+        self.cfg = cfg
 
-    return training_step
+    def __call__(self, loss, step: int) -> None:
+        import torch
+
+        if bool(torch.isfinite(loss).all()):
+            return
+        good = checkpoints.latest_complete(self.cfg.output_dir)
+        kept = (
+            f"the last good checkpoint is {good}" if good is not None else "no checkpoint had been saved yet"
+        )
+        value = "nan" if bool(torch.isnan(loss).any()) else "inf"
+        raise Diverged(
+            f"the training loss became {value} at step {step}; training stopped before applying that step, "
+            f"and {kept}.",
+            "lower training.learning_rate, keep training.max_grad_norm > 0, or use float32 / bf16 instead of "
+            f"fp16; then start again with --overwrite, or continue with `{resume_command(self.cfg)}`.",
+            step,
+        )
 
 
 @contextlib.contextmanager
 def guarded(trainer, cfg):
-    """Run the `with` body (`trainer.train(...)`) with complete checkpoints, the stop signals and the loss check.
+    """Run the `with` body (`trainer.train(...)`) with complete checkpoints and the stop signals.
 
-    Raises `Interrupted` after the body if a stop signal arrived, `Diverged` from inside it if the
-    loss stopped being finite.
+    Raises `Interrupted` after the body if a stop signal arrived. (The loss check, `FiniteLoss`, is
+    the trainer's own: `sftlib.fastpath.build_trainer(..., loss_check=FiniteLoss(cfg))`.)
     """
-    marks = checkpoints.install(trainer)
+    marks = checkpoints.install(trainer, cfg.training.get("save_total_limit"))
     stop = StopOnSignal()
     trainer.add_callback(stop)
-    trainer.training_step = _checked_training_step(trainer, cfg)
     fix = f"resume with `{resume_command(cfg)}`."
     try:
         with _signal_handlers(stop.request):
@@ -153,8 +155,6 @@ def guarded(trainer, cfg):
             fix if good else "start again with --overwrite.",
             stop.signum or signal.SIGINT,
         ) from None
-    finally:
-        del trainer.training_step  # back to the class's method
     if stop.signum is not None:
         saved = (
             marks.last_saved if marks.last_saved is not None else checkpoints.latest_complete(cfg.output_dir)

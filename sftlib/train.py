@@ -24,7 +24,11 @@ RUN_INFO = "run_info.json"
 
 
 def sft_config(cfg: RunConfig, **overrides: Any):
-    """trl.SFTConfig from `training`, with the fields sftlib owns filled in."""
+    """trl.SFTConfig from `training`, with the fields sftlib owns filled in.
+
+    `overrides` are fields decided elsewhere (`sftlib.fastpath.build_trainer`: batch layout, precision,
+    activation checkpointing where the config leaves them null).
+    """
     import torch
     from trl import SFTConfig
 
@@ -42,17 +46,8 @@ def sft_config(cfg: RunConfig, **overrides: Any):
     kwargs.setdefault("ddp_find_unused_parameters", False)
     if not torch.cuda.is_available():
         kwargs.setdefault("use_cpu", True)
-        if "bf16" not in kwargs and "fp16" not in kwargs:
-            # TRL defaults to bf16 autocast; on a CPU without bf16 units (no AVX512-BF16/AMX) that is
-            # emulated and several times slower than fp32, so the unset default follows the hardware.
-            from sftlib.modeling import cpu_has_fast_bf16
-
-            kwargs["bf16"] = cpu_has_fast_bf16()
-            log.info(
-                "training.bf16 not set: using %s (this CPU %s native bf16)",
-                "bf16" if kwargs["bf16"] else "fp32",
-                "has" if kwargs["bf16"] else "lacks",
-            )
+    # sftlib rotates checkpoints itself, only once the new one is complete (checkpoints.CompleteCheckpoints).
+    kwargs["save_total_limit"] = None
     kwargs.update(overrides)
     try:
         return SFTConfig(**kwargs)
@@ -97,9 +92,12 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     model.config.use_cache = False  # a KV cache in train mode lets packed sequences attend across boundaries
     peft_config = modeling.lora_config(cfg.model, model) if cfg.model.use_lora else None
 
-    # The fast path (packed micro-batches, same examples per step) where it applies; see sftlib.fastpath
-    trainer = fastpath.build_trainer(cfg, args, model, tokenizer, data.train, data.eval, peft_config)
-    with guards.guarded(trainer, cfg):  # complete checkpoints, SIGINT/SIGTERM, NaN/inf loss
+    # The fast path (one micro-batch per step, run in passes) where it applies, and the precision,
+    # pass size and checkpointing decided by measurement; see sftlib.fastpath and sftlib.autotune
+    trainer = fastpath.build_trainer(
+        cfg, model, tokenizer, data.train, data.eval, peft_config, loss_check=guards.FiniteLoss(cfg)
+    )
+    with guards.guarded(trainer, cfg):  # complete checkpoints, SIGINT/SIGTERM
         result = trainer.train(resume_from_checkpoint=resume_from)
     fingerprints = distributed.check_ranks_agree(trainer.model)  # SftlibError if ranks trained apart
     save_outputs(trainer, cfg, tokenizer)
@@ -121,7 +119,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
         "output_dir": str(out),
         "adapter_dir": str(out / ADAPTER_DIRNAME) if cfg.model.use_lora else None,
         "data": {"format": data.format, "report": data.report},
-        "fast_path": trainer.sftlib_plan.record() if hasattr(trainer, "sftlib_plan") else None,
+        "fast_path": trainer.plan.record(),
         "versions": library_versions(),
         "log_history": trainer.state.log_history,
     }

@@ -17,9 +17,12 @@ def sides(tmp_path_factory):
         "dataset.max_samples=null",
         "training.per_device_train_batch_size=2",
         "training.gradient_accumulation_steps=2",
-        "training.chunk_tokens=1",  # one packed row per pass: the bench must count across chunks
+        "training.chunk_tokens=1",  # one example per pass: the bench must count across passes
     ]
-    return {side: bench.run_side(side, "configs/tiny.yaml", overrides, steps=2) for side in bench.SIDES}
+    return {
+        side: bench.run_side(side, "configs/tiny.yaml", overrides, steps=2, warmup=1, profile_steps=1)
+        for side in bench.SIDES
+    }
 
 
 def test_both_sides_train_on_the_same_examples_and_count_the_same_real_and_trained_tokens(sides):
@@ -27,11 +30,43 @@ def test_both_sides_train_on_the_same_examples_and_count_the_same_real_and_train
     assert base["examples"] == ours["examples"] == 2 * 4  # 2 timed steps of 2 x 2 examples
     assert base["real_tokens"] == ours["real_tokens"]  # padding is never counted
     assert base["trained_tokens"] == ours["trained_tokens"]
-    assert base["collator"] == "DataCollatorForLanguageModeling" and ours["collator"] == "PackedCollator"
+    assert base["collator"] == ours["collator"] == "DataCollatorForLanguageModeling"  # TRL's, on both sides
+    assert ours["padding_free"] and not base["padding_free"]
     assert (base["micro_batch_size"], base["gradient_accumulation_steps"]) == (2, 2)
     assert (ours["micro_batch_size"], ours["gradient_accumulation_steps"]) == (4, 1)
-    assert base["activation_checkpointing"] and ours["chunk_tokens"] == 1
+    assert base["activation_checkpointing"] and ours["pass_tokens"] == 1
     assert ours["activation_mb_per_1k_tokens"] > 0 and base["activation_mb_per_1k_tokens"] is None
+    assert ours["fast_path"]["passes"] >= 2 * 4 and base["fast_path"] is None
+
+
+def test_the_profile_splits_a_step_into_the_named_categories(sides):
+    from sftlib.profiling import CATEGORIES
+
+    for side in sides.values():
+        profile = side["profile"]
+        assert profile["steps"] == 1 and list(profile["share"]) == list(CATEGORIES)
+        assert sum(profile["share"].values()) == pytest.approx(1.0, abs=0.01)
+        assert profile["share"]["matmul"] > 0 and profile["share"]["LM head + loss (TRL)"] > 0
+
+
+def test_the_machine_record_names_the_cpu_and_whether_bf16_is_native():
+    from sftlib.modeling import cpu_bf16_flags
+
+    m = bench.machine()
+    assert m["cpu"] and m["cpu_bf16_flags"] == cpu_bf16_flags()
+    assert m["cpu_native_bf16"] == bool(m["cpu_bf16_flags"]) or m["cpu_bf16_flags"] is None
+
+
+def test_cpu_flags_tell_native_bf16_on_x86_and_arm():
+    from sftlib.modeling import cpu_bf16_flags
+
+    assert cpu_bf16_flags("flags\t\t: fpu avx512f avx512_bf16 amx_tile amx_bf16\n") == [
+        "avx512_bf16",
+        "amx_bf16",
+    ]
+    assert cpu_bf16_flags("flags\t\t: fpu avx512f avx512_vnni\n") == []
+    assert cpu_bf16_flags("Features\t: fp asimd sve bf16 i8mm\n") == ["bf16"]
+    assert cpu_bf16_flags("processor\t: 0\n") is None  # no flags listed: the caller times a matmul
 
 
 def test_model_flops_count_lora_as_four_n_and_full_fine_tuning_as_six_n():
@@ -46,7 +81,7 @@ def test_model_flops_count_lora_as_four_n_and_full_fine_tuning_as_six_n():
 
 
 def test_the_table_reports_both_sides_and_leaves_out_gpu_memory_on_a_cpu(sides):
-    cpu = {"mfu_bf16": 0.1, "mfu_best": 0.05, "peak_gpu_mb": None}  # as on a CPU, wherever this test runs
+    cpu = {"mfu_bf16": 0.1, "mfu_best": 0.05, "mfu_model_bf16": 0.2, "peak_gpu_mb": None}  # as on a CPU
     result = {
         "baseline": {**sides["baseline"], **cpu},
         "sftlib": {**sides["sftlib"], **cpu},
@@ -54,9 +89,21 @@ def test_the_table_reports_both_sides_and_leaves_out_gpu_memory_on_a_cpu(sides):
         "rss_ratio": 0.9,
         "gpu_memory_ratio": None,
         "ceilings": {"device": "cpu", "bf16_gflops": 60.0, "fp32_gflops": 300.0},
-        "machine": {"load_average": (1.0, 1.0, 1.0), "cores": 2},
+        "machine": {"load_average": (1.0, 1.0, 1.0), "cores": 2, "cpu": "AMD EPYC", "cpu_native_bf16": True},
     }
     table = bench.format_table(result)
     assert "speedup 2.00x" in table and "rss_ratio 0.90" in table
     assert "GPU memory" not in table and "gpu_memory_ratio" not in table
     assert "<= 1" in table and "whole micro-batch" in table
+    assert "CPU: AMD EPYC (native bf16" in table and "profile (1 steps" in table
+
+
+def test_model_shape_ceilings_time_the_models_own_linear_layers():
+    from sftlib.config import load_config
+
+    cfg = load_config("configs/tiny.yaml")
+    ceilings = bench.model_shape_ceilings(cfg, "cpu", tokens=(64,))
+    assert ceilings["tokens_per_pass"] == [64]
+    assert ceilings["bfloat16"]["64"] > 0 and ceilings["float32"]["64"] > 0
+    hidden = 64  # the tiny model's hidden size; its LM head is the largest layer
+    assert any(shape.startswith(f"{hidden}x") for shape in ceilings["shapes"])

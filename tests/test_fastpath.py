@@ -1,11 +1,14 @@
 """The fast path changes the layout of a batch, never what is learned: same losses, isolated examples."""
 
+import logging
+
 import pytest
 import torch
 
-from sftlib import embedded, fastpath, masking
+from sftlib import autotune, embedded, fastpath, masking
 from sftlib.config import load_config
-from sftlib.fastpath import PackedCollator, pack_rows, plan
+from sftlib.errors import SftlibError
+from sftlib.fastpath import pack_rows, split_passes
 from tests.conftest import write_chat_rows
 
 TINY = "embedded:tiny-random-llama"
@@ -23,6 +26,19 @@ def chat_examples(tokenizer, n=6):
     return out
 
 
+def padding_free(examples, pad_token_id):
+    """The step as TRL's padding-free collator lays it out: one row [1, T], the collator the fast path uses."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    return DataCollatorForLanguageModeling(pad_token_id=pad_token_id, padding_free=True)(examples)
+
+
+def padded_batch(examples, pad_token_id):
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    return DataCollatorForLanguageModeling(pad_token_id=pad_token_id)(examples)
+
+
 @pytest.fixture(scope="module")
 def model():
     from transformers import AutoModelForCausalLM
@@ -33,21 +49,6 @@ def model():
     return m.eval()
 
 
-def padded_batch(examples, pad_token_id):
-    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
-
-    return DataCollatorForLanguageModeling(pad_token_id=pad_token_id)(examples)
-
-
-def per_token_losses(logits, labels):
-    """{(row, position): loss} of every position whose next token is trained."""
-    logp = torch.log_softmax(logits[:, :-1].float(), -1)
-    target = labels[:, 1:]
-    mask = target != -100
-    nll = -logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return nll[mask]
-
-
 def test_pack_rows_places_every_example_once_within_the_row_length():
     lengths = [500, 20, 300, 7, 212, 512, 64, 100]
     rows = pack_rows(lengths, 512)
@@ -56,53 +57,44 @@ def test_pack_rows_places_every_example_once_within_the_row_length():
     assert len(rows) == 4  # sum 1715 needs at least 4 rows of 512
 
 
-def test_packed_collator_restarts_positions_and_never_scores_across_examples(tokenizer):
+def test_split_passes_keeps_every_example_whole_once_within_the_pass_size(tokenizer):
     examples = chat_examples(tokenizer)
-    batch = PackedCollator(pad_token_id=tokenizer.pad_token_id, max_length=128)(examples)
-    assert "attention_mask" not in batch and batch["use_cache"] is False
-    ids, labels, pos = batch["input_ids"], batch["labels"], batch["position_ids"]
-    starts = pos == 0
-    assert int(starts.sum()) >= len(examples)
-    assert (labels[starts] == -100).all()
-    segments = []
-    for r in range(ids.shape[0]):
-        bounds = starts[r].nonzero().flatten().tolist() + [ids.shape[1]]
-        segments += [
-            (tuple(ids[r, a:b].tolist()), labels[r, a:b]) for a, b in zip(bounds, bounds[1:], strict=False)
-        ]
-    for e in examples:  # every example is one segment, with its own labels (the first one aside)
-        match = [lab for seg, lab in segments if seg == tuple(e["input_ids"])]
-        assert match and match[0][1:].tolist() == e["labels"][1:]
-    real = {tuple(e["input_ids"]) for e in examples}
-    padding = [lab for seg, lab in segments if seg not in real]
-    assert len(padding) == len(segments) - len(examples) and all((lab == -100).all() for lab in padding)
+    step = padding_free(examples, tokenizer.pad_token_id)
+    passes = split_passes(step, pass_tokens=96)
+    assert len(passes) > 1
+    seen = []
+    for one in passes:
+        ids, labels, pos = one["input_ids"][0], one["labels"][0], one["position_ids"][0]
+        starts = (pos == 0).nonzero().flatten().tolist()
+        bounds = one["cu_seq_lens_q"].tolist()
+        assert bounds[:-1] == starts and bounds[-1] == ids.numel()
+        assert one["max_length_q"] == max(b - a for a, b in zip(bounds, bounds[1:], strict=False))
+        assert (labels[starts] == -100).all()  # no example is scored on a token of the one before it
+        assert ids.numel() <= 96 or len(starts) == 1  # an example longer than a pass gets one to itself
+        for a, b in zip(bounds, bounds[1:], strict=False):
+            seen.append((tuple(ids[a:b].tolist()), labels[a:b].tolist()))
+    assert len(seen) == len(examples)
+    for e in examples:  # each example once, with its own labels (the first one aside)
+        match = [lab for ids, lab in seen if ids == tuple(e["input_ids"])]
+        assert len(match) == 1 and match[0][1:] == e["labels"][1:]
 
 
 def test_packed_logits_equal_each_sequence_run_alone(model, tokenizer):
     examples = chat_examples(tokenizer)
-    batch = PackedCollator(pad_token_id=tokenizer.pad_token_id, max_length=160)(examples)
-    assert batch["input_ids"].shape[0] < len(examples)  # really packed
+    step = padding_free(examples, tokenizer.pad_token_id)
     with torch.no_grad():
-        packed = model(
-            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
-        ).logits
-        for r in range(batch["input_ids"].shape[0]):
-            starts = (batch["position_ids"][r] == 0).nonzero().flatten().tolist() + [
-                batch["input_ids"].shape[1]
-            ]
-            for a, b in zip(starts, starts[1:], strict=False):
-                alone = model(input_ids=batch["input_ids"][r : r + 1, a:b], use_cache=False).logits
-                torch.testing.assert_close(packed[r : r + 1, a:b], alone, atol=1e-5, rtol=1e-5)
+        packed = model(input_ids=step["input_ids"], position_ids=step["position_ids"], use_cache=False).logits
+        for start, end in fastpath.example_spans(step):
+            alone = model(input_ids=step["input_ids"][:, start:end], use_cache=False).logits
+            torch.testing.assert_close(packed[:, start:end], alone, atol=1e-5, rtol=1e-5)
 
 
 def test_a_kv_cache_in_train_mode_would_let_packed_examples_attend_to_each_other(model, tokenizer):
-    """Why the path forces use_cache=False: with a cache, transformers skips packed-row detection."""
-    examples = chat_examples(tokenizer, n=2)
-    batch = PackedCollator(pad_token_id=tokenizer.pad_token_id, max_length=512)(examples)
-    assert batch["input_ids"].shape[0] == 1
-    second = slice((batch["position_ids"][0] == 0).nonzero().flatten()[1].item(), None)
+    """Why every forward pass of ours runs with use_cache=False: with a cache, transformers skips packing detection."""
+    step = padding_free(chat_examples(tokenizer, n=2), tokenizer.pad_token_id)
+    second = slice(fastpath.example_spans(step)[1][0], None)
     with torch.no_grad():
-        kwargs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+        kwargs = {"input_ids": step["input_ids"], "position_ids": step["position_ids"]}
         isolated = model(**kwargs, use_cache=False).logits[:, second]
         leaky = model(**kwargs, use_cache=True).logits[:, second]
     assert (isolated - leaky).abs().max() > 1e-3
@@ -131,12 +123,15 @@ def build(cfg, fast: bool):
     torch.manual_seed(0)
     model = modeling.load_model(cfg.model)
     model.config.use_cache = False
-    args = sft_config(cfg)
     peft_config = modeling.lora_config(cfg.model, model)
     if fast:
-        return fastpath.build_trainer(cfg, args, model, tokenizer, data.train, None, peft_config)
+        return fastpath.build_trainer(cfg, model, tokenizer, data.train, None, peft_config)
     return SFTTrainer(
-        model=model, args=args, train_dataset=data.train, processing_class=tokenizer, peft_config=peft_config
+        model=model,
+        args=sft_config(cfg),
+        train_dataset=data.train,
+        processing_class=tokenizer,
+        peft_config=peft_config,
     )
 
 
@@ -146,7 +141,8 @@ def test_fast_trainer_loss_equals_the_plain_padded_loss_in_fp32(tmp_path):
     )
     plain, fast = build(cfg, fast=False), build(cfg, fast=True)
     assert fast.args.per_device_train_batch_size == 8 and fast.args.gradient_accumulation_steps == 1
-    assert type(fast).__name__ == "FastSFTTrainer"  # the loss under test is the fast one
+    assert isinstance(fast, fastpath.SftlibTrainer) and fast.plan.split == "passes"
+    assert fast.data_collator.padding_free  # TRL's collator lays out the step
     examples = [plain.train_dataset[i] for i in range(8)]
     for t in (plain, fast):
         t.model.train()
@@ -167,85 +163,179 @@ def test_fast_trainer_loss_equals_the_plain_padded_loss_in_fp32(tmp_path):
     torch.testing.assert_close(loss_fast, loss_plain, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("chunk_tokens", [10**6, 1], ids=["one-pass", "a-pass-per-row"])
+@pytest.mark.parametrize("chunk_tokens", [10**6, 1], ids=["one-pass", "a-pass-per-example"])
 def test_fast_training_follows_the_plain_trajectory(tmp_path, chunk_tokens):
     """Same examples per optimizer step: the losses of three steps match the plain run's, in one
-    forward/backward pass per step or in one per packed row."""
+    forward/backward pass per step or in one per example; TRL counts the same tokens."""
     steps = ["training.max_steps=3", "training.logging_steps=1", "training.learning_rate=0.01"]
     batch = ["training.per_device_train_batch_size=2", "training.gradient_accumulation_steps=4"]
-    chunk = [f"training.chunk_tokens={chunk_tokens}"]
-    losses = {}
+    logs = {}
     for fast in (False, True):
-        cfg = tiny_cfg(tmp_path / str(fast), *steps, *batch, *chunk)
-        trainer = build(cfg, fast)
+        chunk = [f"training.chunk_tokens={chunk_tokens}"] if fast else []
+        trainer = build(tiny_cfg(tmp_path / str(fast), *steps, *batch, *chunk), fast)
         trainer.train()
-        losses[fast] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    assert len(losses[True]) == 3
-    passes = trainer.sftlib_plan.passes
-    assert passes == 3 if chunk_tokens > 1 else passes > 3  # one row per pass: several passes per step
-    torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), atol=1e-4, rtol=0)
+        logs[fast] = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs[True]) == 3
+    passes = trainer.plan.passes
+    assert trainer.plan.record()["attention_calls"]["segments"] > 0  # each example attended alone
+    assert passes == 3 if chunk_tokens > 1 else passes == 3 * 8  # one example per pass: 8 per step
+    losses = {k: torch.tensor([h["loss"] for h in v]) for k, v in logs.items()}
+    torch.testing.assert_close(losses[True], losses[False], atol=1e-4, rtol=0)
+    # TRL's own metrics, on both paths: real tokens counted the same (no padding on the fast path)
+    assert [h["num_tokens"] for h in logs[True]][-1] <= [h["num_tokens"] for h in logs[False]][-1]
+    assert all("mean_token_accuracy" in h and "entropy" in h for h in logs[True])
 
 
-def test_a_chunked_step_gives_the_gradient_of_one_pass(tmp_path):
-    """Forward/backward over one row at a time sums to the whole step's loss and gradient."""
+def test_the_fast_path_counts_exactly_the_real_tokens(tmp_path):
+    cfg = tiny_cfg(tmp_path, "training.max_steps=2", "training.logging_steps=1", "training.chunk_tokens=1")
+    trainer = build(cfg, fast=True)
+    real = []
+    collate = trainer.data_collator
+
+    def counting(examples):
+        real.append(sum(len(e["input_ids"]) for e in examples))
+        return collate(examples)
+
+    trainer.data_collator = counting
+    trainer.train()
+    assert trainer.state.log_history[-2]["num_tokens"] == sum(real[:2])
+
+
+def test_a_step_in_passes_gives_the_gradient_of_one_pass(tmp_path):
+    """Forward/backward over one example at a time sums to the whole step's loss and gradient."""
     cfg = tiny_cfg(tmp_path, "training.per_device_train_batch_size=8", "training.learning_rate=0.01")
     trainer = build(cfg, fast=True)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
     n_items = int((batch["labels"][:, 1:] != -100).sum())
-    assert batch["input_ids"].shape[0] >= 2  # several rows to split
     results = {}
-    for chunk_tokens in (10**6, 1):
-        trainer.sftlib_plan.chunk_tokens = chunk_tokens
+    for pass_tokens in (10**6, 1):
+        trainer.plan.tuner, trainer.plan.pass_tokens = None, pass_tokens
         trainer.model.zero_grad()
         loss = trainer.training_step(trainer.model, dict(batch), num_items_in_batch=n_items)
         grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
-        results[chunk_tokens] = loss, grads
-    (loss_one, grads_one), (loss_rows, grads_rows) = results[10**6], results[1]
-    torch.testing.assert_close(loss_rows, loss_one, atol=1e-6, rtol=1e-5)
+        results[pass_tokens] = loss, grads
+    (loss_one, grads_one), (loss_each, grads_each) = results[10**6], results[1]
+    torch.testing.assert_close(loss_each, loss_one, atol=1e-6, rtol=1e-5)
     assert grads_one and any(g.abs().sum() > 0 for g in grads_one.values())  # lora_A: 0 while B is 0
     for name, grad in grads_one.items():
-        torch.testing.assert_close(grads_rows[name], grad, atol=1e-7, rtol=1e-4)
+        torch.testing.assert_close(grads_each[name], grad, atol=1e-7, rtol=1e-4)
 
 
-def test_plan_checkpoints_only_when_one_chunk_would_not_fit_or_when_told():
-    fits = plan(2, 8, max_length=512, chunk_tokens=256, bytes_per_token=2**20, free_bytes=2**31)
-    assert fits.examples_per_step == 16 and not fits.activation_checkpointing
-    # a chunk holds at least one row: 512 tokens x 1 MiB > half of 768 MiB
-    tight = plan(2, 8, max_length=512, chunk_tokens=256, bytes_per_token=2**20, free_bytes=3 * 2**28)
-    assert tight.activation_checkpointing and "exceed" in tight.why
-    assert plan(2, 8, 512, 256, 2**20, 2**31, checkpointing=True).activation_checkpointing
-    assert not plan(2, 8, 512, 256, 2**20, 2**30, checkpointing=False).activation_checkpointing
-    assert not plan(2, 8, 512, 256, None, None).activation_checkpointing
-    assert fits.rows_per_chunk(128) == 2 and fits.rows_per_chunk(512) == 1
+def test_the_trainer_is_one_class_with_its_plan_and_patches_nothing(tmp_path):
+    cfg = tiny_cfg(tmp_path, "training.max_steps=1")
+    trainer = build(cfg, fast=True)
+    assert type(trainer) is fastpath.SftlibTrainer and type(trainer).__module__ == "sftlib.fastpath"
+    assert "training_step" not in vars(trainer) and "compute_loss" not in vars(fastpath.SftlibTrainer)
+    assert not hasattr(trainer, "sftlib_plan")
+    record = trainer.plan.record()
+    assert record["used"] and record["precision"] == "fp32" and "training.bf16" in record["precision_from"]
 
 
-def test_several_processes_split_a_step_into_equal_micro_batches_of_whole_examples():
-    assert fastpath.examples_per_micro_batch(16, longest=100, chunk_tokens=4096) == 16
-    assert fastpath.examples_per_micro_batch(16, longest=512, chunk_tokens=4096) == 8
-    assert fastpath.examples_per_micro_batch(12, longest=512, chunk_tokens=2048) == 4
-    assert fastpath.examples_per_micro_batch(8, longest=68, chunk_tokens=128) == 1  # one example always fits
-    assert fastpath.examples_per_micro_batch(6, longest=1000, chunk_tokens=128) == 1
+def test_pass_size_is_timed_on_the_first_steps_and_recorded(tmp_path, caplog):
+    cfg = tiny_cfg(
+        tmp_path,
+        "training.max_steps=8",
+        "training.per_device_train_batch_size=16",
+        "training.logging_steps=8",
+    )
+    trainer = build(cfg, fast=True)
+    tuner = trainer.plan.tuner
+    assert tuner is not None and len(tuner.candidates) >= 2
+    with caplog.at_level(logging.INFO, logger="sftlib"):
+        trainer.train()
+    record = trainer.plan.record()
+    timing = record["pass_timing"]
+    assert timing["chosen"] in tuner.candidates and record["pass_tokens"] == timing["chosen"]
+    assert set(timing["timed_steps"]) == {str(c) for c in tuner.candidates}
+    assert all(len(runs) == autotune.TIMED_STEPS for runs in timing["timed_steps"].values())
+    assert any("pass size:" in r.message for r in caplog.records)
 
 
-def test_measured_activation_memory_follows_what_autograd_keeps(model):
-    """Per token, independent of length; checkpointing keeps only each layer's input; the RNG is untouched."""
-    per_token = fastpath.activation_bytes_per_token(model, tokens=32)
-    assert per_token == fastpath.activation_bytes_per_token(model, tokens=64)
-    text = model.config
-    layer_input = text.num_hidden_layers * text.hidden_size * 4  # fp32 hidden state per layer
-    assert per_token > 4 * layer_input
-    state = torch.random.get_rng_state()
-    model.activation_checkpointing_enable()
-    try:
-        checkpointed = fastpath.activation_bytes_per_token(model, tokens=32)
-    finally:
-        model.activation_checkpointing_disable()
-    assert torch.equal(torch.random.get_rng_state(), state)
-    assert layer_input <= checkpointed < per_token / 4
+def test_the_tuner_keeps_the_smallest_pass_within_five_percent_of_the_fastest():
+    tuner = autotune.PassTuner([128, 256, 512])
+    speeds = {128: 100.0, 256: 192.0, 512: 200.0}  # tokens/s
+    assert tuner.size_for_next_step() == 128  # the untimed first step
+    tuner.record(128, 1000, 99.0)
+    for _ in range(autotune.TIMED_STEPS):
+        for size in (128, 256, 512):
+            assert tuner.size_for_next_step() == size
+            tuner.record(size, 1000, 1000 / speeds[size])
+    assert tuner.chosen == 256 and tuner.size_for_next_step() == 256  # 192 >= 0.95 x 200
+    assert autotune.PassTuner.tuning_steps(3) == 1 + 3 * autotune.TIMED_STEPS
 
 
-def test_chunk_tokens_is_validated_and_not_passed_to_trl(tmp_path):
-    from sftlib.errors import SftlibError
+def test_pass_candidates_double_up_to_the_whole_step_within_the_cap():
+    assert autotune.pass_candidates(whole_step=544, cap_tokens=750) == [256, 512, 544]  # 544: the whole step
+    assert autotune.pass_candidates(whole_step=8192, cap_tokens=529) == [128, 256, 512]
+    assert autotune.pass_candidates(whole_step=8192, cap_tokens=300) == [128, 256]
+    assert autotune.pass_candidates(whole_step=100, cap_tokens=10**6) == [128]
+
+
+def test_frozen_weights_go_to_bf16_while_adapters_and_buffers_keep_fp32(model):
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    m = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj"]))
+    buffers = {n: b.dtype for n, b in m.named_buffers()}
+    autotune.cast_weights(m, torch.bfloat16)
+    for name, p in m.named_parameters():
+        assert p.dtype == (torch.float32 if p.requires_grad else torch.bfloat16), name
+    assert {n: b.dtype for n, b in m.named_buffers()} == buffers  # rotary frequencies stay fp32
+    base = m.get_base_model()
+    assert base.lm_head.weight is base.model.embed_tokens.weight or not base.config.tie_word_embeddings
+
+
+def test_unset_precision_is_timed_and_bf16_stores_the_frozen_base_in_bf16(tmp_path, monkeypatch):
+    monkeypatch.setattr(autotune, "time_precisions", lambda *a, **k: {"bf16": 0.01, "fp32": 0.04})
+    trainer = build(tiny_cfg(tmp_path, "training.bf16=null", "training.max_steps=1"), fast=True)
+    record = trainer.plan.record()
+    assert record["precision"] == "bf16" and record["precision_seconds"] == {"bf16": 0.01, "fp32": 0.04}
+    assert record["frozen_weights_dtype"] == "bfloat16" and trainer.args.bf16  # autocast runs the adapters
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    frozen = [p for p in trainer.model.parameters() if not p.requires_grad]
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+    monkeypatch.setattr(autotune, "time_precisions", lambda *a, **k: {"bf16": 0.05, "fp32": 0.01})
+    slow_bf16 = build(tiny_cfg(tmp_path / "b", "training.bf16=null", "training.max_steps=1"), fast=True)
+    assert slow_bf16.plan.precision == "fp32" and not slow_bf16.args.bf16
+    assert all(p.dtype == torch.float32 for p in slow_bf16.model.parameters())
+
+
+def test_checkpointing_is_decided_from_measured_memory_or_told(tmp_path):
+    cfg = tiny_cfg(tmp_path, "training.activation_checkpointing=null")
+    decide = fastpath._decide_checkpointing
+    on, why = decide(cfg, 2**20, 2**31, False, 256, 100, True, None)
+    assert not on and "fit in" in why
+    on, why = decide(cfg, 2**20, 3 * 2**27, False, 256, 100, True, None)  # 256 MiB > half of 384 MiB
+    assert on and "exceed" in why
+    on, why = decide(cfg, None, None, True, 256, 100, False, None)
+    assert on and "training.activation_checkpointing: false" in why  # sharded: a logged decision
+    told = tiny_cfg(tmp_path, "training.activation_checkpointing=false")
+    assert decide(told, None, None, False, 256, 100, True, None) == (
+        False,
+        "set by training.activation_checkpointing",
+    )
+
+
+def test_unmeasurable_activation_memory_is_an_error_that_says_what_to_set(tmp_path):
+    cfg = tiny_cfg(tmp_path, "training.activation_checkpointing=null")
+    with pytest.raises(SftlibError, match="activation_checkpointing: true"):
+        fastpath._decide_checkpointing(cfg, None, 2**31, False, 256, 100, True, None)
+
+
+def test_without_the_fast_path_the_log_and_record_say_why_and_checkpointing_is_decided(tmp_path, caplog):
+    cfg = tiny_cfg(tmp_path, "training.packing=true", "training.activation_checkpointing=null")
+    with caplog.at_level(logging.INFO, logger="sftlib"):
+        trainer = build(cfg, fast=True)
+    record = trainer.plan.record()
+    assert not record["used"] and "packing" in record["why"] and record["split"] == "none"
+    assert any("fast path off: training.packing" in r.message for r in caplog.records)
+    assert "half the free memory" in record["checkpointing_from"]  # measured, not TRL's default True
+    assert trainer.args.activation_checkpointing is record["activation_checkpointing"] is False
+
+
+def test_chunk_tokens_is_validated_refused_without_the_fast_path_and_not_passed_to_trl(tmp_path):
     from sftlib.train import sft_config
 
     cfg = tiny_cfg(tmp_path, "training.chunk_tokens=64", "training.activation_checkpointing=null")
@@ -254,3 +344,30 @@ def test_chunk_tokens_is_validated_and_not_passed_to_trl(tmp_path):
     for bad in ("0", "'many'", "1.5"):
         with pytest.raises(SftlibError, match="chunk_tokens"):
             tiny_cfg(tmp_path, f"training.chunk_tokens={bad}")
+    with pytest.raises(SftlibError, match="chunk_tokens=64 is set, but .* off: training.packing"):
+        build(tiny_cfg(tmp_path, "training.chunk_tokens=64", "training.packing=true"), fast=True)
+
+
+def test_several_processes_split_a_step_into_equal_micro_batches_of_whole_examples():
+    assert fastpath.examples_per_micro_batch(16, longest=100, pass_tokens=4096) == 16
+    assert fastpath.examples_per_micro_batch(16, longest=512, pass_tokens=4096) == 8
+    assert fastpath.examples_per_micro_batch(12, longest=512, pass_tokens=2048) == 4
+    assert fastpath.examples_per_micro_batch(8, longest=68, pass_tokens=128) == 1  # one example always fits
+    assert fastpath.examples_per_micro_batch(6, longest=1000, pass_tokens=128) == 1
+
+
+def test_measured_activation_memory_follows_what_autograd_keeps(model):
+    """Per token, independent of length; checkpointing keeps only each layer's input; the RNG is untouched."""
+    per_token = autotune.activation_bytes_per_token(model, tokens=32)
+    assert per_token == autotune.activation_bytes_per_token(model, tokens=64)
+    text = model.config
+    layer_input = text.num_hidden_layers * text.hidden_size * 4  # fp32 hidden state per layer
+    assert per_token > 4 * layer_input
+    state = torch.random.get_rng_state()
+    model.activation_checkpointing_enable()
+    try:
+        checkpointed = autotune.activation_bytes_per_token(model, tokens=32)
+    finally:
+        model.activation_checkpointing_disable()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert layer_input <= checkpointed < per_token / 4
