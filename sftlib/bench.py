@@ -212,14 +212,14 @@ def run_side(side: str, config: str, overrides: list[str], steps: int, warmup: i
 
     from trl import SFTTrainer
 
-    from sftlib import fastpath, masking, modeling
+    from sftlib import dataset, fastpath, modeling
     from sftlib.config import load_config
     from sftlib.train import sft_config
 
     out_dir = tempfile.mkdtemp(prefix=f"sftlib-bench-{side}-")
     cfg = load_config(config, overrides)
     tokenizer = modeling.load_tokenizer(cfg.model)
-    train = masking.prepare(cfg, tokenizer, splits=("train",)).train
+    train = dataset.prepare(cfg, tokenizer, splits=("train",)).train
     total = warmup + steps
     run = {
         "output_dir": out_dir,
@@ -305,7 +305,7 @@ def bench(
     config: str, overrides: list[str] = (), steps: int = 5, data: str = "config", repeats: int = 1
 ) -> dict[str, Any]:
     """Run both sides `repeats` times, alternating (ABBA...), and compare the best run of each."""
-    from sftlib import masking, modeling
+    from sftlib import dataset, modeling
     from sftlib.config import load_config
     from sftlib.errors import SftlibError
 
@@ -316,7 +316,7 @@ def bench(
     elif data != "config":
         raise SftlibError(f"--data {data!r} is not one of config, chat-mix.")
     cfg = load_config(config, overrides)
-    masking.prepare(
+    dataset.prepare(
         cfg, modeling.load_tokenizer(cfg.model), splits=("train",)
     )  # tokenize once, outside the timings
 

@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("generate", help="generate from a trained output_dir with the chat template")
-    p.add_argument("--model", required=True, help="merged model folder (an output_dir)")
+    p.add_argument(
+        "--model", required=True, help="a model: an output_dir, a folder, a hub id or embedded:NAME"
+    )
     p.add_argument("--adapter", default=None, help="LoRA adapter folder, applied on --model")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("prompt", nargs="+", help="user message(s)")
@@ -119,24 +121,24 @@ def cmd_train(args) -> int:
 
 
 def _prepared(args, **kwargs):
-    from sftlib import masking, modeling
+    from sftlib import dataset, modeling
     from sftlib.config import load_config
 
     cfg = load_config(args.config, args.overrides)
     tokenizer = modeling.load_tokenizer(cfg.model)
-    return cfg, tokenizer, masking.prepare(cfg, tokenizer, **kwargs)
+    return cfg, tokenizer, dataset.prepare(cfg, tokenizer, **kwargs)
 
 
 def cmd_check(args) -> int:
-    from sftlib import masking
+    from sftlib import views
 
     cfg, tokenizer, data = _prepared(args)
-    print(masking.format_report(data, cfg, tokenizer))
+    print(views.format_report(data, cfg, tokenizer))
     return 0
 
 
 def cmd_masks(args) -> int:
-    from sftlib import masking
+    from sftlib import views
 
     if args.limit is not None and args.limit <= 0:
         raise SftlibError(
@@ -148,7 +150,7 @@ def cmd_masks(args) -> int:
         raise SftlibError(
             "--split eval: the config defines no eval split.", "set dataset.eval_split or dataset.eval_size."
         )
-    n = masking.write_masks_jsonl(ds, tokenizer, Path(args.out), with_text=args.text)
+    n = views.write_masks_jsonl(ds, tokenizer, Path(args.out), with_text=args.text)
     print(f"wrote {n} examples to {args.out}")
     return 0
 
@@ -162,15 +164,19 @@ def cmd_merge(args) -> int:
     if not cfg.model.use_lora:
         print("model.use_lora is false: a full fine-tune has nothing to merge.")
         return 0
-    merge.merge_adapter(cfg.model, cfg.output_dir / ADAPTER_DIRNAME, cfg.output_dir, dtype=args.dtype)
+    result = merge.merge_adapter(
+        cfg.model, cfg.output_dir / ADAPTER_DIRNAME, cfg.output_dir, dtype=args.dtype
+    )
+    print(merge.summary(result))
     print(f"merged model written to {cfg.output_dir}")
     return 0
 
 
 def cmd_generate(args) -> int:
     from sftlib import generate
+    from sftlib.config import ModelConfig
 
-    model, tokenizer = generate.load_for_generation(args.model, args.adapter)
+    model, tokenizer = generate.load_for_generation(ModelConfig(path=args.model), args.adapter)
     prompts = [[{"role": "user", "content": p}] for p in args.prompt]
     for prompt, answer in zip(
         args.prompt, generate.generate(model, tokenizer, prompts, args.max_new_tokens), strict=True

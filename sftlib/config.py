@@ -22,8 +22,6 @@ import yaml
 from sftlib.errors import SftlibError
 
 DEFAULT_CONFIG = "configs/default_train_config.yaml"
-DTYPES = (None, "auto", "float32", "bfloat16", "float16")
-FORMATS = ("auto", "prompt_completion", "alpaca", "messages", "sharegpt", "text")
 
 
 @dataclasses.dataclass
@@ -47,6 +45,7 @@ class ModelConfig:
     use_lora: bool = False
     lora_config: LoraSettings = dataclasses.field(default_factory=LoraSettings)
     trust_remote_code: bool = False
+    chat_template: str | None = None  # a .jinja file or a template TRL bundles; None: the tokenizer's own
 
 
 @dataclasses.dataclass
@@ -107,6 +106,15 @@ def parse_yaml(text: str):
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a YAML config, apply `dotted.key=value` overrides, and validate everything."""
     path = Path(path or DEFAULT_CONFIG)
+    cfg = config_from_dict(raw_config(path, overrides))
+    cfg.source = str(path)
+    cfg.training.setdefault("output_dir", default_output_dir(path))
+    return cfg
+
+
+def raw_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """The YAML mapping with overrides applied, not yet validated (reading it imports no ML library)."""
+    path = Path(path)
     if not path.is_file():
         raise SftlibError(
             f"config file {path} does not exist.", "pass --config PATH to an existing YAML file."
@@ -126,10 +134,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise SftlibError(f"{path} must hold a mapping with sections model, dataset, training.")
     for item in overrides:
         apply_override(raw, item)
-    cfg = config_from_dict(raw)
-    cfg.source = str(path)
-    cfg.training.setdefault("output_dir", str(Path("runs") / path.stem))
-    return cfg
+    return raw
+
+
+def default_output_dir(path: str | Path) -> str:
+    return str(Path("runs") / Path(path).stem)
+
+
+def output_dir_of(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Path:
+    """training.output_dir of a config without validating it: a launcher checks it before it forks
+    workers, which must be forked before transformers (and bitsandbytes) is imported."""
+    path = Path(path or DEFAULT_CONFIG)
+    training = raw_config(path, overrides).get("training") or {}
+    value = training.get("output_dir") if isinstance(training, dict) else None
+    return Path(value if isinstance(value, str) and value else default_output_dir(path))
 
 
 def apply_override(raw: dict, item: str) -> None:

@@ -76,7 +76,7 @@ def distributed_state(use_cpu: bool):
 
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune as configured; returns the run info (also written to output_dir/run_info.json)."""
-    from sftlib import checkpoints, distributed, fastpath, guards, masking, modeling
+    from sftlib import checkpoints, dataset, distributed, fastpath, guards, modeling
 
     args = sft_config(cfg)
     state = distributed_state(args.use_cpu)
@@ -92,7 +92,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
 
     with state.local_main_process_first():  # local rank 0 fills this machine's datasets/model caches first
         tokenizer = modeling.load_tokenizer(cfg.model)
-        data = masking.prepare(cfg, tokenizer)
+        data = dataset.prepare(cfg, tokenizer)
     model = modeling.load_model(cfg.model)
     model.config.use_cache = False  # a KV cache in train mode lets packed sequences attend across boundaries
     peft_config = modeling.lora_config(cfg.model, model) if cfg.model.use_lora else None
@@ -102,7 +102,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     with guards.guarded(trainer, cfg):  # complete checkpoints, SIGINT/SIGTERM, NaN/inf loss
         result = trainer.train(resume_from_checkpoint=resume_from)
     fingerprints = distributed.check_ranks_agree(trainer.model)  # SftlibError if ranks trained apart
-    save_outputs(trainer, cfg, tokenizer)
+    merge_check = save_outputs(trainer, cfg, tokenizer)
 
     runtime_s = result.metrics.get("train_runtime", 0.0)
     info = {
@@ -121,6 +121,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
         "output_dir": str(out),
         "adapter_dir": str(out / ADAPTER_DIRNAME) if cfg.model.use_lora else None,
         "data": {"format": data.format, "report": data.report},
+        "merge": merge_check,
         "fast_path": trainer.sftlib_plan.record() if hasattr(trainer, "sftlib_plan") else None,
         "versions": library_versions(),
         "log_history": trainer.state.log_history,
@@ -131,24 +132,25 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     return info
 
 
-def save_outputs(trainer, cfg: RunConfig, tokenizer) -> None:
+def save_outputs(trainer, cfg: RunConfig, tokenizer) -> dict | None:
     """The seed's layout: adapter in lora_weights/, merged model + tokenizer in output_dir.
 
-    Every folder is written through a staging folder, moved in, reloaded and compared (artifacts).
+    Every folder is written through a staging folder, moved in, reloaded and compared (artifacts); the
+    merged model is checked against base + adapter (sftlib.merge). Returns that check's figures.
     """
     from sftlib import artifacts, merge
 
-    out = cfg.output_dir
+    out, check = cfg.output_dir, None
     if cfg.model.use_lora:
         adapter_dir = out / ADAPTER_DIRNAME
         artifacts.save_trained(trainer, adapter_dir)  # every rank: FSDP/DeepSpeed gather the weights here
         if trainer.accelerator.is_main_process:
-            merged = merge.merge_adapter(cfg.model, adapter_dir, out)
-            artifacts.verify_safetensors(out, merged.state_dict())
+            check = merge.merge_adapter(cfg.model, adapter_dir, out)
             artifacts.write_atomically(out, tokenizer.save_pretrained)
     else:
         artifacts.save_trained(trainer, out)
     trainer.accelerator.wait_for_everyone()
+    return check
 
 
 def _final_loss(history: list[dict], fallback: float) -> float:
@@ -215,8 +217,13 @@ def launch(
     - `accelerate_config` (FSDP, DeepSpeed, multi-node): notebook_launcher can't take a launch
       config file, so this runs `accelerate launch --config_file ...` as a child process.
     """
+    from sftlib import checkpoints
+    from sftlib.config import output_dir_of
+
     if num_processes < 1:
         raise SftlibError(f"num_processes must be at least 1, got {num_processes}.")
+    # Before any worker starts: a refused output_dir is one error here, not one per worker.
+    checkpoints.check_output_dir(output_dir_of(config_path, overrides), resume=resume, overwrite=overwrite)
     if accelerate_config:
         from sftlib import distributed
 
@@ -244,10 +251,11 @@ def launch(
             )
         from sftlib import distributed
 
-        notebook_launcher(
-            run_from_files,
-            args=(config_path, list(overrides), resume, overwrite),
-            num_processes=num_processes,
-            use_port=str(distributed.free_port()),
-        )
-    return read_run_info(load_config(config_path, overrides).output_dir)
+        with distributed.worker_errors() as errors:
+            notebook_launcher(
+                distributed.reporting_errors(run_from_files, errors),
+                args=(config_path, list(overrides), resume, overwrite),
+                num_processes=num_processes,
+                use_port=str(distributed.free_port()),
+            )
+    return read_run_info(output_dir_of(config_path, overrides))
