@@ -158,7 +158,7 @@ def cmd_masks(args) -> int:
 def cmd_merge(args) -> int:
     from sftlib import merge
     from sftlib.config import load_config
-    from sftlib.train import ADAPTER_DIRNAME
+    from sftlib.layout import ADAPTER_DIRNAME
 
     cfg = load_config(args.config, args.overrides)
     if not cfg.model.use_lora:
@@ -244,10 +244,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return report(lambda: args.func(args), debug=args.debug)
+
+
+def report(run, debug: bool = False) -> int:
+    """Call `run()`; every error ends as one `error: ...` line on stderr and a non-zero exit code
+    (with `debug`, the traceback instead). Returns `run()`'s exit code (0 when it returns None)."""
     try:
-        return args.func(args)
+        return run() or 0
     except SftlibError as exc:
-        if args.debug:
+        if debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 1)  # guards.Interrupted: 128 + the signal number
@@ -255,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted.", file=sys.stderr)
         return 130
     except Exception as exc:  # a library's error: still one line, with the way to see more
-        if args.debug:
+        if debug:
             raise
         known = describe_os_error(exc)  # disk full, permission denied, a file where a folder should be
         if known is not None:

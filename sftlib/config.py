@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import enum
 import functools
+import logging
 import re
 import types
 import typing
@@ -69,9 +70,28 @@ class RunConfig:
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
     source: str | None = None  # the YAML file this came from, for messages only
 
+    # Typed access to the `training` settings sftlib reads itself; the rest go to trl.SFTConfig as given.
     @property
     def output_dir(self) -> Path:
         return Path(self.training["output_dir"])
+
+    @property
+    def seed(self) -> int:
+        return self.training.get("seed", sft_config_default("seed"))
+
+    @property
+    def dataset_num_proc(self) -> int | None:
+        return self.training.get("dataset_num_proc", sft_config_default("dataset_num_proc"))
+
+    @property
+    def chunk_tokens(self) -> int | None:
+        """Tokens per forward/backward pass; None: the device's default (sftlib.fastpath)."""
+        return self.training.get("chunk_tokens")
+
+    @property
+    def activation_checkpointing(self) -> bool | None:
+        """The config's explicit choice (either spelling); None: sftlib decides (sftlib.fastpath)."""
+        return next((self.training[k] for k in DECIDED_WHEN_NULL if self.training.get(k) is not None), None)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config, as it would be written back to YAML."""
@@ -290,7 +310,18 @@ def _matches(value: Any, tp) -> bool:
         return isinstance(value, str)
     if isinstance(tp, type):
         return isinstance(value, tp)
-    return True  # an annotation we can't check precisely: SFTConfig's own __post_init__ still validates
+    # No SFTConfig field of the pinned TRL has such an annotation (tests/test_config.py checks): say so.
+    logging.getLogger("sftlib").warning(
+        "warning: sftlib can't check values of type %s; trl.SFTConfig validates this one itself.", tp
+    )
+    return True
+
+
+def sft_config_default(name: str) -> Any:
+    """trl.SFTConfig's default for one field (so sftlib's reads agree with TRL's)."""
+    import trl
+
+    return next(f.default for f in dataclasses.fields(trl.SFTConfig) if f.name == name)
 
 
 @functools.cache

@@ -81,10 +81,10 @@ def prepare(
 
     ds_cfg = cfg.dataset
     stop_ids = sorted(stop_ids if stop_ids is not None else modeling.stop_token_ids(cfg.model, tokenizer))
-    raw = data.load_raw(ds_cfg, seed=cfg.training.get("seed", 42))
+    raw = data.load_raw(ds_cfg, seed=cfg.seed)
     fmt, reason = data.resolve_format(raw["train"], ds_cfg.format)
     logger.info("dataset format: %s (%s)", fmt, reason)
-    num_proc = cfg.training.get("dataset_num_proc")
+    num_proc = cfg.dataset_num_proc
     out, report = {}, {}
     for split in splits:
         if split not in raw:

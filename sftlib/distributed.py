@@ -220,24 +220,25 @@ def launch_command(
     return cmd
 
 
-class reporting_errors:
-    """A worker function that, on an SftlibError, writes it to `errors/rank-N.json` before failing, so
+def reporting_errors(fn, errors: str):
+    """`fn` as a worker function that, on an SftlibError, writes it to `errors/rank-N.json` before failing, so
     the launching process can report it as the CLI does: one `error: ... Fix: ...` line."""
+    import functools
 
-    def __init__(self, fn, errors: str):
-        self.fn, self.errors = fn, errors
-
-    def __call__(self, *args):
+    @functools.wraps(fn)
+    def worker(*args):
         import json
         import traceback
 
         try:
-            return self.fn(*args)
+            return fn(*args)
         except SftlibError as exc:
             rank = os.environ.get("RANK", "0")
             record = {"message": exc.message, "fix": exc.fix, "traceback": traceback.format_exc()}
-            Path(self.errors, f"rank-{rank}.json").write_text(json.dumps(record))
+            Path(errors, f"rank-{rank}.json").write_text(json.dumps(record))
             raise SystemExit(1) from None  # a plain exit: torch elastic prints no traceback for it
+
+    return worker
 
 
 @contextlib.contextmanager
@@ -247,10 +248,12 @@ def worker_errors():
     import json
     import tempfile
 
-    elastic = logging.getLogger("torch.distributed.elastic")
-    level = elastic.level
+    # torch logs each failed worker and the workers it then stops; the error raised below says why.
+    loggers = [logging.getLogger(n) for n in ("torch.distributed.elastic", "torch.multiprocessing.spawn")]
+    levels = [logger.level for logger in loggers]
     with tempfile.TemporaryDirectory(prefix="sftlib-errors-") as errors:
-        elastic.setLevel(logging.CRITICAL)  # it logs each failed worker; the error below says why
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL)
         try:
             yield errors
         except Exception:
@@ -260,7 +263,8 @@ def worker_errors():
             record = json.loads(reports[0].read_text())
             raise SftlibError(record["message"], record["fix"]) from WorkerTraceback(record["traceback"])
         finally:
-            elastic.setLevel(level)
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
 
 
 class WorkerTraceback(Exception):

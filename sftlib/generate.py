@@ -50,7 +50,7 @@ def tuned_model(cfg: RunConfig, use_adapter: bool = False) -> tuple[ModelConfig,
     The merged model (or the full fine-tune) is a plain model there, saved with its tokenizer and
     chat template; with `use_adapter` (LoRA runs), the base as configured plus `lora_weights/`.
     """
-    from sftlib.train import ADAPTER_DIRNAME
+    from sftlib.layout import ADAPTER_DIRNAME
 
     if use_adapter and cfg.model.use_lora:
         return cfg.model, str(cfg.output_dir / ADAPTER_DIRNAME)
@@ -89,7 +89,7 @@ def prompts_for(cfg: RunConfig, limit: int | None = None, own: list[str] | None 
 
     if own:
         return Prompts([[{"role": "user", "content": p}] for p in own], [None] * len(own), "yours")
-    raw = data.load_raw(cfg.dataset, seed=cfg.training.get("seed", 42))
+    raw = data.load_raw(cfg.dataset, seed=cfg.seed)
     fmt, _ = data.resolve_format(raw["train"], cfg.dataset.format)
     if fmt == "text":
         raise SftlibError(

@@ -16,11 +16,9 @@ from typing import Any
 
 from sftlib.config import RunConfig, load_config, write_resolved
 from sftlib.errors import SftlibError
+from sftlib.layout import ADAPTER_DIRNAME, RUN_INFO
 
 log = logging.getLogger("sftlib")
-
-ADAPTER_DIRNAME = "lora_weights"
-RUN_INFO = "run_info.json"
 
 
 def sft_config(cfg: RunConfig, **overrides: Any):
@@ -60,29 +58,15 @@ def sft_config(cfg: RunConfig, **overrides: Any):
         raise SftlibError(f"invalid `training` settings: {exc}") from None
 
 
-def check_output_dir(output_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to train into a finished or interrupted run unless --overwrite or --resume says so."""
-    from sftlib import checkpoints
-
-    checkpoints.check_output_dir(output_dir, resume=resume, overwrite=overwrite)
-
-
-def distributed_state(use_cpu: bool):
-    """The process group, checked against what was launched (see sftlib.distributed)."""
-    from sftlib import distributed
-
-    return distributed.distributed_state(use_cpu)
-
-
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune as configured; returns the run info (also written to output_dir/run_info.json)."""
-    from sftlib import checkpoints, dataset, distributed, fastpath, guards, modeling
+    from sftlib import checkpoints, dataset, distributed, fastpath, guards, layout, modeling
 
     args = sft_config(cfg)
-    state = distributed_state(args.use_cpu)
+    state = distributed.distributed_state(args.use_cpu)
     distributed.check_supported(cfg.model)
     out = cfg.output_dir
-    check_output_dir(out, resume=resume, overwrite=overwrite)
+    layout.check_output_dir(out, resume=resume, overwrite=overwrite)
     resume_from = checkpoints.resume_checkpoint(out) if resume else None
     if overwrite and not resume and state.is_main_process:
         clear_output_dir(out)
@@ -217,13 +201,13 @@ def launch(
     - `accelerate_config` (FSDP, DeepSpeed, multi-node): notebook_launcher can't take a launch
       config file, so this runs `accelerate launch --config_file ...` as a child process.
     """
-    from sftlib import checkpoints
+    from sftlib import layout
     from sftlib.config import output_dir_of
 
     if num_processes < 1:
         raise SftlibError(f"num_processes must be at least 1, got {num_processes}.")
     # Before any worker starts: a refused output_dir is one error here, not one per worker.
-    checkpoints.check_output_dir(output_dir_of(config_path, overrides), resume=resume, overwrite=overwrite)
+    layout.check_output_dir(output_dir_of(config_path, overrides), resume=resume, overwrite=overwrite)
     if accelerate_config:
         from sftlib import distributed
 

@@ -194,7 +194,7 @@ def test_pipeline_runs_every_notebook_and_records_each_result(demo_run):
     assert trained["world_size"] == 1 and trained["global_step"] == 4
     assert len(trained["loss_history"]["train"]) == 4
     merged = json.loads((out / "04_merge.json").read_text())
-    assert merged["merged"] and merged["max_logit_difference"] <= merged["tolerance"]
+    assert merged["merged_dir"] and merged["max_logit_difference"] <= merged["tolerance"]
     assert merged["adapter_mb"] < merged["merged_mb"]
     generated = json.loads((out / "05_load_and_generate.json").read_text())
     assert generated["eval_examples"] == 8 and generated["base"]["n"] == generated["tuned"]["n"] == 8
