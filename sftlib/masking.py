@@ -59,6 +59,9 @@ class Tokens:
     expanded: bool = False  # one of several examples made from one conversation
     appended_eos: bool = False  # the template ended the conversation without a stop token
     boundary_merged: bool = False  # string prompt/completion: a token spans the boundary (as TRL warns)
+    rendered: list[Turn] = dataclasses.field(
+        default_factory=list, repr=False
+    )  # the turns' P/Q, for the audit
 
 
 def tokenize_example(
@@ -133,14 +136,15 @@ def chat_tokens(
 ) -> list[Tokens]:
     if not getattr(tokenizer, "is_fast", False):
         raise SftlibError("masking conversations needs a fast tokenizer (for character offsets).")
-    full = render(tokenizer, messages)
     rendered = [generation_turn(messages, i, tokenizer) for i in turns]
+    # Q of a conversation's final turn is the whole conversation: no need to render it again.
+    full = rendered[-1].text if turns[-1] == len(messages) - 1 else render(tokenizer, messages)
     try:  # one example, if every turn sits in the full rendering where its own rendering has it
         ids, labels, ends, appended = label_spans(full, rendered, tokenizer, stop_ids)
         if all(
             full.startswith(t.text[: min(end, len(t.text))]) for t, end in zip(rendered, ends, strict=True)
         ):
-            return [Tokens(ids, labels, turns, appended_eos=appended)]
+            return [Tokens(ids, labels, turns, appended_eos=appended, rendered=rendered)]
         moved = "renders earlier turns differently once later turns follow"
     except DropExample as drop:
         if train_on != "all_assistant" or len(turns) < 2:
@@ -151,7 +155,9 @@ def chat_tokens(
     examples = []
     for turn in rendered:
         ids, labels, _, appended = label_spans(turn.text, [turn], tokenizer, stop_ids)
-        examples.append(Tokens(ids, labels, [turn.message], expanded=True, appended_eos=appended))
+        examples.append(
+            Tokens(ids, labels, [turn.message], expanded=True, appended_eos=appended, rendered=[turn])
+        )
     return examples
 
 
@@ -289,7 +295,8 @@ def audit(tokens: Tokens, example: dict, tokenizer, stop_ids=None) -> None:
     own rendering up to where generation starts (so the run sits exactly there), the run ends with
     its first stop token, decodes to the text the template renders there, and holds the turn's
     answer. Prompt/completion: one run that ends the text and holds the completion + eos. Text:
-    everything + eos. Run on untruncated tokens.
+    everything + eos. Run on untruncated tokens. The turns' renderings come with `tokens` when masking
+    made them, and are rendered again otherwise.
     """
     ids, labels = tokens.input_ids, tokens.labels
     stop_ids = frozenset(stop_ids or [tokenizer.eos_token_id])
@@ -305,10 +312,11 @@ def audit(tokens: Tokens, example: dict, tokenizer, stop_ids=None) -> None:
             if len(runs) == len(tokens.turns)
             else f"{len(runs)} trained runs for {len(tokens.turns)} turns"
         )
+        rendered = {t.message: t for t in tokens.rendered}
         for (a, b), i in zip(runs, tokens.turns, strict=False):
             if problem:
                 break
-            turn = generation_turn(messages, i, tokenizer)
+            turn = rendered.get(i) or generation_turn(messages, i, tokenizer)
             body, run = decode(a, b - 1), decode(a, b)
             answer = data.answer_text(messages[i]["content"]).strip()
             if decode(0, a) != turn.text[: turn.start]:
