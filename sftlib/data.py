@@ -457,6 +457,3 @@ def conversation(example: dict) -> Conversation:
     return Conversation(messages, first, leading, trailing)
 
 
-def answer_text(content: str) -> str:
-    """An assistant message's answer: the text after its reasoning block, if it has one (`...</think>`)."""
-    return content.rsplit("</think>", 1)[-1]

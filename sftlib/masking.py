@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from sftlib import data
+from sftlib import data, scoring
 from sftlib.data import DropExample
 from sftlib.errors import SftlibError
 
@@ -116,7 +116,7 @@ def render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> 
 def generation_turn(messages: list[dict], i: int, tokenizer) -> Turn:
     """Q for assistant turn `i`, and where the model's generation starts in it (see module docstring)."""
     prompt, answered = render(tokenizer, messages[:i], True), render(tokenizer, messages[: i + 1])
-    answer = data.answer_text(messages[i]["content"]).strip()
+    answer = scoring.answer(messages[i]["content"])
     if answered.startswith(prompt):
         return Turn(i, answered, len(prompt), answer)
     start = len(os.path.commonprefix([prompt, answered]))
@@ -318,7 +318,7 @@ def audit(tokens: Tokens, example: dict, tokenizer, stop_ids=None) -> None:
                 break
             turn = rendered.get(i) or generation_turn(messages, i, tokenizer)
             body, run = decode(a, b - 1), decode(a, b)
-            answer = data.answer_text(messages[i]["content"]).strip()
+            answer = scoring.answer(messages[i]["content"])
             if decode(0, a) != turn.text[: turn.start]:
                 problem = f"turn {i}: the trained run does not start where the model's generation starts"
             elif ids[b - 1] not in stop_ids or any(t in stop_ids for t in ids[a : b - 1]):

@@ -16,9 +16,15 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
 
 
+def answer(text: str) -> str:
+    """What is scored: the text after a reasoning block (`<think>...</think>`), stripped. A reasoning
+    model's thoughts are not its answer; exact match and F1 compare answers."""
+    return text.rsplit("</think>", 1)[-1].strip()
+
+
 def exact_match(prediction: str | None, reference: str | None) -> bool:
-    """Equal after stripping surrounding whitespace (a missing answer is never correct)."""
-    return prediction is not None and reference is not None and prediction.strip() == reference.strip()
+    """The answers are equal (a missing answer is never correct)."""
+    return prediction is not None and reference is not None and answer(prediction) == answer(reference)
 
 
 def normalize_answer(text: str) -> list[str]:
@@ -30,8 +36,8 @@ def normalize_answer(text: str) -> list[str]:
 
 
 def token_f1(prediction: str, reference: str) -> float:
-    """Token-overlap F1 in [0, 1]; two empty answers agree (1.0)."""
-    pred, ref = normalize_answer(prediction), normalize_answer(reference)
+    """Token-overlap F1 of the answers, in [0, 1]; two empty answers agree (1.0)."""
+    pred, ref = normalize_answer(answer(prediction)), normalize_answer(answer(reference))
     if not pred or not ref:
         return float(pred == ref)
     common = sum((collections.Counter(pred) & collections.Counter(ref)).values())

@@ -173,3 +173,9 @@ def test_cpu_has_fast_bf16_matches_the_cpu_flags():
     if not flags:
         pytest.skip("no /proc/cpuinfo to compare with")
     assert cpu_has_fast_bf16() == ("avx512_bf16" in flags or "amx_tile" in flags)
+
+
+def test_scores_compare_answers_after_a_reasoning_block():
+    assert score(["<think>\nday 5, month 3\n</think>\n\n2021-03-05"], ["2021-03-05"])["exact_match"] == 100.0
+    assert score(["<think>\n2021-03-05\n</think>\n\nno idea"], ["2021-03-05"])["exact_match"] == 0.0
+    assert token_f1("<think>x</think>2021-03-05", "<think>y</think> 2021-03-05") == 1.0
