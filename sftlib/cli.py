@@ -16,8 +16,9 @@ from sftlib.errors import SftlibError, describe_os_error
 
 
 def _add_config(p: argparse.ArgumentParser, required: bool = False, default: str | None = None) -> None:
+    """--config (None when not given: the command picks its default, named by `default` in the help)."""
     shown = "required" if required else f"default: {default or 'configs/default_train_config.yaml'}"
-    p.add_argument("--config", required=required, default=default, help=f"YAML config ({shown})")
+    p.add_argument("--config", required=required, default=None, help=f"YAML config ({shown})")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -99,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("demo", help="the demo: SmolLM2 fails a task, is fine-tuned on CPU, then solves it")
-    _add_config(p, default="configs/demo.yaml")
+    _add_config(p, default="configs/demo.yaml as shipped with sftlib")
     _add_notebook_args(p, "folder for everything the demo makes (default: runs/demo)", default="runs/demo")
     p.set_defaults(func=cmd_demo)
     return parser
@@ -231,7 +232,7 @@ def cmd_pipeline(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from sftlib.pipeline import run_demo
+    from sftlib.demo import run_demo
 
     run_demo(args.out, args.config, args.overrides, dict(args.params))
     return 0

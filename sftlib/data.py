@@ -455,5 +455,3 @@ def conversation(example: dict) -> Conversation:
     if any(m["role"] == "assistant" and not m["content"].strip() for m in messages[first:]):
         raise DropExample("empty_completion" if first else "empty_assistant_turn")
     return Conversation(messages, first, leading, trailing)
-
-

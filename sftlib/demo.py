@@ -1,4 +1,5 @@
-"""The demo task: rewrite an English date, written in one of many styles, as ISO `YYYY-MM-DD`.
+"""The demo: its task, rewriting an English date written in one of many styles as ISO `YYYY-MM-DD`,
+and its run (`sftlib demo`), the notebook suite on that task.
 
 SmolLM2-135M-Instruct fails it zero-shot (it chats, explains, or gets the digits wrong), and a
 short LoRA run teaches it, so `sftlib demo` can show a measurable before/after on a CPU. The
@@ -16,11 +17,12 @@ import datetime as dt
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 from sftlib.errors import SftlibError
 
 TASK_NAME = "iso_dates"
-DATA_DIR = Path("configs/data") / TASK_NAME
+DATA_DIR = Path("configs/data") / TASK_NAME  # how configs name the task's data (shipped: sftlib.shipped)
 N_TRAIN = 1200
 N_EVAL = 64
 SEED = 0
@@ -134,22 +136,57 @@ def write_demo_dataset(
     }
 
 
-def split_prompt_reference(rows: list[dict]) -> tuple[list[list[dict]], list[str]]:
-    """Split chat rows into prompts (every message before the last) and references (the last answer)."""
-    prompts, references = [], []
-    for i, row in enumerate(rows):
-        messages = row.get("messages") if isinstance(row, dict) else None
-        if not messages or messages[-1].get("role") != "assistant":
-            raise SftlibError(
-                f"row {i} is not a chat row ending in an assistant message.",
-                'give rows like {"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}.',
-            )
-        prompts.append(messages[:-1])
-        references.append(messages[-1]["content"])
-    return prompts, references
+# --------------------------------------------------------------------------- the run
 
 
-def to_prompt_completion(row: dict) -> dict:
-    """The conversational prompt/completion form TRL masks by itself: loss on the answer only."""
-    messages = row["messages"]
-    return {"prompt": messages[:-1], "completion": messages[-1:]}
+def run_demo(
+    out: str | Path = "runs/demo",
+    config: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    params: dict[str, str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The whole suite on the demo task: the embedded model fails it, is fine-tuned, then solves it.
+
+    `config` defaults to the shipped configs/demo.yaml. A config whose `dataset.name` is the task's
+    own `configs/data/iso_dates` trains on the copy shipped with sftlib, so the demo runs from any
+    working directory. The model is materialized if needed; the trained run goes to OUT/model
+    (replacing an earlier demo run), so everything the demo makes lies under OUT.
+    """
+    from sftlib import embedded, shipped
+    from sftlib.config import load_config
+    from sftlib.pipeline import run_pipeline
+
+    out = Path(out)
+    config = Path(config) if config is not None else shipped.config("demo.yaml")
+    overrides = [f"training.output_dir={out / 'model'}", *overrides]
+    cfg = load_config(config, overrides)
+    if Path(cfg.dataset.name) == DATA_DIR:
+        overrides.append(f"dataset.name={shipped.config(str(DATA_DIR.relative_to('configs')))}")
+        cfg = load_config(config, overrides)
+    embedded.resolve(cfg.model.path)
+    params = {"OVERWRITE": "true", **(params or {})}
+    summary = run_pipeline(config, out, overrides, params, progress=progress)
+    print(demo_report(summary, out, cfg.output_dir))
+    return summary
+
+
+def demo_report(summary: dict, out: Path, model_dir: Path) -> str:
+    """What the demo made and where, and the before/after scores, as lines for the terminal."""
+    pictures = sorted(p.name for p in out.glob("*.png")) + sorted(p.name for p in out.glob("*_view.html"))
+    lines = [
+        f"executed notebooks: {out}/NN_*.ipynb (and .html)",
+        f"plots: {', '.join(pictures)} in {out}",
+        f"merged model: {model_dir} (adapter in {model_dir / 'lora_weights'})",
+        f"summary: {out / 'summary.json'}",
+    ]
+    base, tuned = summary.get("base"), summary.get("tuned")
+    if base is None or tuned is None:
+        lines.append("no held-out split in the config: nothing was scored.")
+    else:
+        lines.append(
+            f"exact match on {summary['eval_examples']} held-out prompts: "
+            f"base {base['exact_match']:.1f}% -> tuned {tuned['exact_match']:.1f}% "
+            f"(token F1 {base['token_f1']:.1f}% -> {tuned['token_f1']:.1f}%)"
+        )
+    return "\n".join(lines)

@@ -12,25 +12,25 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sftlib.errors import SftlibError
-
-HEADLESS_ENV = "SFTLIB_HEADLESS"  # set by sftlib.pipeline: no widgets, static renderings instead
+HEADLESS_ENV = "SFTLIB_HEADLESS"  # set by sftlib.pipeline: no one at the notebook (static renderings), kernel in the user's cwd
 
 
 def go_to_project_root() -> Path:
-    """chdir to the project root (the folder holding configs/ and notebooks/), so relative config and
-    data paths resolve the same whether the notebook runs from notebooks/ in JupyterLab or under the
-    pipeline. Returns the root."""
+    """Move to the folder the notebook's relative paths (CONFIG, the config's own paths) mean; return it.
+
+    Under the pipeline (`sftlib pipeline` / `sftlib demo`) the kernel already runs in the user's working
+    directory, where their paths are relative to: it stays there. Opened in JupyterLab from a checkout's
+    `notebooks/`, it moves up to the checkout (the folder holding configs/ and notebooks/), so the
+    default CONFIG, `configs/...`, resolves. Elsewhere it stays in the folder the notebook runs in.
+    """
     here = Path.cwd().resolve()
+    if is_headless():
+        return here
     for folder in (here, *here.parents):
         if (folder / "configs").is_dir() and (folder / "notebooks").is_dir():
             os.chdir(folder)
             return folder
-    package_parent = Path(__file__).resolve().parents[1]
-    if (package_parent / "configs").is_dir():
-        os.chdir(package_parent)
-        return package_parent
-    raise SftlibError(f"no project root (a folder with configs/ and notebooks/) above {here}.")
+    return here
 
 
 def is_headless() -> bool:

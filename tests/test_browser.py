@@ -120,8 +120,8 @@ def finished(browser) -> bool:
 
 def errors(browser) -> list[str]:
     return browser.execute_script(
-        "return [...document.querySelectorAll('.jp-OutputArea-output[data-mime-type=\"application/vnd.jupyter.error\"],"
-        " .jp-RenderedText[data-mime-type=\"application/vnd.jupyter.error\"]')].map(e => e.textContent.slice(0, 300));"
+        'return [...document.querySelectorAll(\'.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.error"],'
+        ' .jp-RenderedText[data-mime-type="application/vnd.jupyter.error"]\')].map(e => e.textContent.slice(0, 300));'
     )
 
 
