@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sftlib.config import ModelConfig, RunConfig
 from sftlib.errors import SftlibError
+from sftlib.noise import library_deprecations
 
 SEEN_PROMPTS = 4  # without a held-out split, this many training prompts are answered (and labelled so)
 
@@ -37,7 +38,8 @@ def load_for_generation(model_cfg: ModelConfig, adapter_dir: str | Path | None =
                 f"{adapter} holds no LoRA adapter (adapter_config.json is missing).",
                 "give the lora_weights/ folder of a LoRA run, or load the merged model in its output_dir.",
             )
-        model = PeftModel.from_pretrained(model, str(adapter))
+        with library_deprecations():
+            model = PeftModel.from_pretrained(model, str(adapter))
         if not model_cfg.load_in_4bit:
             model = model.merge_and_unload()
     model.eval()

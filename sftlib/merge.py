@@ -25,6 +25,7 @@ from pathlib import Path
 
 from sftlib.config import ModelConfig
 from sftlib.errors import SftlibError
+from sftlib.noise import library_deprecations
 
 log = logging.getLogger("sftlib")
 
@@ -54,7 +55,8 @@ def load_base_with_adapter(model_cfg: ModelConfig, adapter_dir: str | Path, dtyp
             "or point training.output_dir at one.",
         )
     base = modeling.load_model(_unquantized(model_cfg, dtype), quantize=False)
-    return PeftModel.from_pretrained(base, str(adapter_dir))
+    with library_deprecations():
+        return PeftModel.from_pretrained(base, str(adapter_dir))
 
 
 def merge_adapter(

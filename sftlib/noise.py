@@ -7,7 +7,9 @@ is: the kernels' transport and the HTML alt text in sftlib.pipeline.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import warnings
 
 BNB_CPU_LOGGER = "bitsandbytes.backends.cpu.ops"
 BNB_HUB_KERNEL_FAILED = "Failed to load CPU gemm_4bit_forward from kernels-community"
@@ -32,3 +34,16 @@ def filter_harmless_messages() -> None:
     logger = logging.getLogger(BNB_CPU_LOGGER)
     if not any(isinstance(f, OptionalHubKernelNotInstalled) for f in logger.filters):
         logger.addFilter(OptionalHubKernelNotInstalled())
+
+
+DEPRECATED_PROPERTY = r"`is_gradient_checkpointing` is deprecated"
+
+
+@contextlib.contextmanager
+def library_deprecations():
+    """peft 0.21 (PeftModel.__init__) and trl 1.16 (models/utils.py) read a property that transformers
+    5.23 deprecated; the FutureWarning is theirs to fix and says nothing to a user. Only that warning,
+    only around sftlib's own calls into them: the same warning from a user's code still shows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=DEPRECATED_PROPERTY, category=FutureWarning)
+        yield

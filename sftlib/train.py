@@ -17,6 +17,7 @@ from typing import Any
 from sftlib.config import RunConfig, load_config, write_resolved
 from sftlib.errors import SftlibError
 from sftlib.layout import ADAPTER_DIRNAME, RUN_INFO
+from sftlib.noise import library_deprecations
 
 log = logging.getLogger("sftlib")
 
@@ -82,7 +83,8 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     peft_config = modeling.lora_config(cfg.model, model) if cfg.model.use_lora else None
 
     # The fast path (packed micro-batches, same examples per step) where it applies; see sftlib.fastpath
-    trainer = fastpath.build_trainer(cfg, args, model, tokenizer, data.train, data.eval, peft_config)
+    with library_deprecations():
+        trainer = fastpath.build_trainer(cfg, args, model, tokenizer, data.train, data.eval, peft_config)
     with guards.guarded(trainer, cfg):  # complete checkpoints, SIGINT/SIGTERM, NaN/inf loss
         result = trainer.train(resume_from_checkpoint=resume_from)
     fingerprints = distributed.check_ranks_agree(trainer.model)  # SftlibError if ranks trained apart
