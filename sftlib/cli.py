@@ -100,7 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("demo", help="the demo: SmolLM2 fails a task, is fine-tuned on CPU, then solves it")
-    _add_config(p, default="configs/demo.yaml as shipped with sftlib")
+    _add_config(
+        p, default="configs/demo.yaml as shipped with sftlib; with --lesson chat, configs/chat_lesson.yaml"
+    )
+    p.add_argument(
+        "--lesson",
+        choices=["dates", "chat"],
+        default="dates",
+        help="dates: one-turn ISO dates; chat: two-turn chats on Qwen3's reasoning template (turn-by-turn masks)",
+    )
     _add_notebook_args(p, "folder for everything the demo makes (default: runs/demo)", default="runs/demo")
     p.set_defaults(func=cmd_demo)
     return parser
@@ -234,7 +242,7 @@ def cmd_pipeline(args) -> int:
 def cmd_demo(args) -> int:
     from sftlib.demo import run_demo
 
-    run_demo(args.out, args.config, args.overrides, dict(args.params))
+    run_demo(args.out, args.config, args.overrides, dict(args.params), lesson=args.lesson)
     return 0
 
 

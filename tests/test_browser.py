@@ -100,7 +100,8 @@ def run_all(browser, lab, name: str) -> None:
     palette = wait.until(ready.visibility_of_element_located((By.CSS_SELECTOR, ".lm-CommandPalette-input")))
     palette.send_keys("Run All Cells")
     palette.send_keys(Keys.ENTER)
-    WebDriverWait(browser, TIMEOUT, poll_frequency=1).until(lambda d: finished(d))
+    # Run All stops at a failing cell: done when every cell has run, or when one has failed.
+    WebDriverWait(browser, TIMEOUT, poll_frequency=1).until(lambda d: finished(d) or errors(d))
 
 
 def kernel_status(browser) -> str:
@@ -119,9 +120,19 @@ def finished(browser) -> bool:
 
 
 def errors(browser) -> list[str]:
+    """The error outputs shown: JupyterLab renders an exception as stderr text holding its traceback."""
     return browser.execute_script(
-        'return [...document.querySelectorAll(\'.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.error"],'
-        ' .jp-RenderedText[data-mime-type="application/vnd.jupyter.error"]\')].map(e => e.textContent.slice(0, 300));'
+        "return [...document.querySelectorAll('.jp-OutputArea-output[data-mime-type=\"application/vnd.jupyter.stderr\"]')]"
+        ".map(e => e.textContent).filter(t => /Traceback|^-{20,}\\s*\\n?\\s*\\w+(Error|Exception)/m.test(t))"
+        ".map(t => t.slice(0, 300));"
+    )
+
+
+def stray_reprs(browser) -> list[str]:
+    """Plain-text results of cells that show nothing on purpose (a Path, None)."""
+    return browser.execute_script(
+        "return [...document.querySelectorAll('.jp-OutputArea-output[data-mime-type=\"text/plain\"]')]"
+        ".map(e => e.textContent).filter(t => /^(PosixPath|None$)/.test(t));"
     )
 
 
@@ -132,7 +143,7 @@ def test_notebooks_01_and_02_run_in_jupyterlab_with_a_live_browser_and_true_mask
     before = {name: (ROOT / "notebooks" / f"{name}.ipynb").read_bytes() for name in NOTEBOOKS}
 
     run_all(browser, lab, "01_explore_dataset")
-    assert errors(browser) == []
+    assert errors(browser) == [] and stray_reprs(browser) == []
     widget = browser.find_element(By.CSS_SELECTOR, ".jp-OutputArea .widget-vbox")
     slider = widget.find_element(By.CSS_SELECTOR, ".widget-slider")
     assert slider.size["width"] > 600  # wide enough to step through 1200 examples
@@ -145,7 +156,7 @@ def test_notebooks_01_and_02_run_in_jupyterlab_with_a_live_browser_and_true_mask
     assert changed != shown and "row 1:" in changed  # the kernel answered: the widget is live
 
     run_all(browser, lab, "02_verify_masking")
-    assert errors(browser) == []
+    assert errors(browser) == [] and stray_reprs(browser) == []
     spans = browser.execute_script(
         "const view = document.querySelector('.jp-OutputArea .tokens');"
         "return [...view.querySelectorAll('span')].map(s => [s.title, getComputedStyle(s).backgroundColor]);"

@@ -10,7 +10,8 @@ import pytest
 from sftlib import demo, pipeline, shipped
 from sftlib.errors import SftlibError
 
-COMMITTED = Path(__file__).resolve().parents[1] / demo.DATA_DIR
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = ROOT / demo.DATA_DIR
 
 
 def test_build_demo_rows_is_deterministic_for_a_seed():
@@ -138,3 +139,23 @@ def test_demo_report_names_what_was_made_and_the_scores(tmp_path):
     assert "exact match on 64 held-out prompts: base 0.0% -> tuned 87.5% (token F1 37.0% -> 97.4%)" in report
     unscored = demo.demo_report({"base": None, "tuned": None}, tmp_path, tmp_path / "model")
     assert "nothing was scored" in unscored and "exact match" not in unscored
+
+
+def test_committed_chat_lesson_files_are_what_the_generator_writes(tmp_path):
+    paths = demo.write_demo_dataset(tmp_path, n_train=demo.N_CHAT_TRAIN, lesson="chat")
+    for split in ("train", "test"):
+        committed = Path(demo.CHAT_DATA_DIR) / f"{split}.jsonl"
+        assert paths[split].read_bytes() == (ROOT / committed).read_bytes(), f"{committed} is stale"
+
+
+def test_chat_lesson_turn_two_is_answered_by_turn_one_only():
+    train, test = demo.build_chat_rows(30, 9)
+    for row in train + test:
+        user, first, follow_up, second = row["messages"]
+        answer = first["content"].rsplit("\n", 1)[-1]  # the ISO date after the reasoning block
+        assert first["content"].startswith("<think>\n") and "</think>\n\n" in first["content"]
+        year, month, day = answer.split("-")
+        assert second["content"] in (f"{day}/{month}/{year}", year, demo.MONTHS[int(month) - 1])
+    assert {row["messages"][2]["content"] for row in test} == set(demo.FOLLOW_UPS)
+    held_out = {row["messages"][1]["content"] for row in test}
+    assert not held_out & {row["messages"][1]["content"] for row in train}
