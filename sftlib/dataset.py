@@ -129,7 +129,7 @@ def require_chat_template(tokenizer) -> None:
     if not getattr(tokenizer, "chat_template", None):
         raise SftlibError(
             "the dataset is a conversation, but the tokenizer has no chat template to render it.",
-            "set model.chat_template (a .jinja file, or a template TRL bundles such as chatml or llama3), "
+            "set model.chat_template (a .jinja file, or a template TRL bundles such as qwen2_5 (ChatML) or llama3), "
             "or give the data as prompt/completion strings or text (dataset.format, dataset.columns).",
         )
 

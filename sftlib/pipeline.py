@@ -143,6 +143,29 @@ def resolve_parameters(paths: list[Path], given: dict[str, Any], raw: dict[str, 
 # --------------------------------------------------------------------------- running
 
 
+def check_before_running(config, overrides, per_notebook: dict[Path, dict]) -> None:
+    """Check what the notebooks will need before the first kernel starts, so a run fails only on what
+    can't be known up front: the config; the tokenizer and chat template; the data, its masks and the
+    drop gate (the prepare pass, which datasets caches for the notebooks); an output_dir training may
+    write into (when a notebook declares OVERWRITE); prompts to generate for (when one declares PROMPTS).
+    Keyed by the parameters the notebooks declare, so the pipeline still names no notebook."""
+    import ast
+
+    from sftlib import dataset, generate, layout, modeling
+    from sftlib.config import load_config
+
+    cfg = load_config(config, list(overrides))
+    values = {}
+    for path, given in per_notebook.items():
+        for name, info in declared_parameters(path).items():
+            values.setdefault(name, given[name] if name in given else ast.literal_eval(info["default"]))
+    dataset.prepare(cfg, modeling.load_tokenizer(cfg.model))
+    if "OVERWRITE" in values:
+        layout.check_output_dir(cfg.output_dir, resume=False, overwrite=bool(values["OVERWRITE"]))
+    if "PROMPTS" in values:
+        generate.prompts_for(cfg, 1, values["PROMPTS"] or None)
+
+
 def run_pipeline(
     config: str | Path,
     out: str | Path,
@@ -163,14 +186,13 @@ def run_pipeline(
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from sftlib.config import load_config
 
     out = Path(out).resolve()
     paths = notebooks(only, suite)
     lifted = summary_keys(paths)
     given = {"CONFIG": str(Path(config).resolve()), "OVERRIDES": list(overrides), "RUN_DIR": str(out)}
     per_notebook = resolve_parameters(paths, given, dict(params or {}))
-    load_config(config, list(overrides))  # a bad config or --set stops here, before any kernel starts
+    check_before_running(config, overrides, per_notebook)  # before any kernel starts
     out.mkdir(parents=True, exist_ok=True)
 
     summary: dict[str, Any] = {"config": str(config), "overrides": list(overrides), "notebooks": {}}
