@@ -2,11 +2,11 @@
 
 Every merge (the end of `sftlib train`, `sftlib merge`, notebook 04) goes through `merge_adapter`,
 which compares the logits of the merged model, as re-read from disk, with those of base + adapter
-unmerged. The tolerance is measured, not fitted to a machine: a correct merge differs from base +
-adapter only by float rounding, and the rounding this machine and dtype produce is measured by
-merging the adapter into the base and unmerging it again (PEFT's `merge_adapter` /
+unmerged. The check measures its tolerance instead of fitting it to a machine: a correct merge differs
+from base + adapter only by float rounding, and the rounding this machine and dtype produce shows when
+the adapter is merged into the base and unmerged again (PEFT's `merge_adapter` /
 `unmerge_adapter`), which must give back the base. A wrong merge (adapter missing, scaled wrongly)
-differs by a share of the adapter's own effect. So the check allows the larger of 4x the measured
+differs by a share of the adapter's own effect. So the check allows the larger of 4x that
 round-trip rounding and 1% of the adapter's effect; where the adapter's effect is itself within
 rounding, it says that it can't tell a merge from no merge.
 
@@ -108,7 +108,7 @@ def merge_adapter(
 
 
 def check(difference: float, rounding: float, effect: float) -> dict:
-    """Judge a merge: `difference` (merged vs base + adapter) against the measured `rounding` and the
+    """Judge a merge: `difference` (merged vs base + adapter) against the round-trip `rounding` and the
     adapter's `effect` (base + adapter vs base), all max |logit difference|. SftlibError if wrong."""
     tolerance = max(ROUNDING_FACTOR * rounding, ADAPTER_SHARE * effect)
     result = {
@@ -121,7 +121,7 @@ def check(difference: float, rounding: float, effect: float) -> dict:
     if difference > tolerance:
         raise SftlibError(
             f"the merged model's logits differ from base + adapter by {difference:.3g}, more than float rounding "
-            f"allows ({tolerance:.3g}: the larger of {ROUNDING_FACTOR:g}x the measured merge/unmerge rounding "
+            f"allows ({tolerance:.3g}: the larger of {ROUNDING_FACTOR:g}x the merge/unmerge round-trip rounding "
             f"{rounding:.3g} and {ADAPTER_SHARE:g} of the adapter's own effect {effect:.3g}).",
             "do not use this merged model; load base + adapter instead, and report the model and config.",
         )
@@ -164,7 +164,7 @@ def summary(result: dict) -> str:
     line = (
         f"merged in {result['dtype']}{' (the 4-bit base re-loaded unquantized)' if result['was_4bit'] else ''}: "
         f"max |logit difference| merged (re-read from disk) vs base + adapter = {result['max_logit_difference']:.3g}, "
-        f"tolerance {result['tolerance']:.3g} (measured rounding {result['rounding']:.3g}); the adapter itself "
+        f"tolerance {result['tolerance']:.3g} (round-trip rounding {result['rounding']:.3g}); the adapter itself "
         f"moves logits by up to {result['adapter_effect']:.3g}."
     )
     if not result["resolves_adapter"]:

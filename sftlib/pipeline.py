@@ -186,7 +186,6 @@ def run_pipeline(
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-
     out = Path(out).resolve()
     paths = notebooks(only, suite)
     lifted = summary_keys(paths)
