@@ -130,3 +130,18 @@ def test_cli_lora_run_on_the_real_smollm2_writes_the_seed_layout(tmp_path):
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     info = json.loads((out / "run_info.json").read_text())
     assert info["global_step"] == 3 and info["model_path"] == "embedded:SmolLM2-135M-Instruct"
+
+
+def test_the_configured_chat_template_is_saved_with_the_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    from sftlib.modeling import chat_template_text
+
+    cfg = tiny_cfg(tmp_path, "model.chat_template=qwen2_5", "training.max_steps=1")
+    train(cfg)
+    saved = AutoTokenizer.from_pretrained(cfg.output_dir)  # what merge, generate and notebook 05 load
+    assert (
+        saved.chat_template
+        == chat_template_text("qwen2_5")
+        != AutoTokenizer.from_pretrained(_base_dir(cfg)).chat_template
+    )
