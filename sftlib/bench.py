@@ -239,14 +239,14 @@ def run_side(
 
     from trl import SFTTrainer
 
-    from sftlib import fastpath, masking, modeling
+    from sftlib import dataset, fastpath, modeling
     from sftlib.config import load_config
 
     warmup = default_warmup() if warmup is None else warmup
     out_dir = tempfile.mkdtemp(prefix=f"sftlib-bench-{side}-")
     cfg = load_config(config, overrides)
     tokenizer = modeling.load_tokenizer(cfg.model)
-    train = masking.prepare(cfg, tokenizer, splits=("train",)).train
+    train = dataset.prepare(cfg, tokenizer, splits=("train",)).train
     total = warmup + steps
     run = {
         "output_dir": out_dir,
@@ -358,7 +358,7 @@ def bench(
     profile_steps: int = 0,
 ) -> dict[str, Any]:
     """Run both sides `repeats` times, alternating (ABBA...), and compare the best run of each."""
-    from sftlib import masking, modeling
+    from sftlib import dataset, modeling
     from sftlib.config import load_config
     from sftlib.errors import SftlibError
 
@@ -369,7 +369,7 @@ def bench(
     elif data != "config":
         raise SftlibError(f"--data {data!r} is not one of config, chat-mix.")
     cfg = load_config(config, overrides)
-    masking.prepare(
+    dataset.prepare(
         cfg, modeling.load_tokenizer(cfg.model), splits=("train",)
     )  # tokenize once, outside the timings
 

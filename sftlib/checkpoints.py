@@ -13,29 +13,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
 
 from transformers import TrainerCallback
 
 from sftlib.errors import SftlibError
+from sftlib.layout import checkpoint_dirs
 
 log = logging.getLogger("sftlib")
 
 MARKER = "sftlib_complete.json"
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-
-
-def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
-    """Every `checkpoint-N` folder in `output_dir`, newest (highest N) first."""
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return []
-    found = [
-        (int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))
-    ]
-    return [p for _, p in sorted(found, reverse=True)]
 
 
 def is_complete(checkpoint: str | Path) -> bool:
@@ -75,39 +63,6 @@ def resume_checkpoint(output_dir: str | Path) -> str:
         )
     log.info("resuming from %s", latest)
     return str(latest)
-
-
-def finished_artifacts(output_dir: str | Path) -> list[Path]:
-    """The files that mark `output_dir` as holding a finished run (final model or run info)."""
-    out = Path(output_dir)
-    names = (
-        "run_info.json",
-        "model.safetensors",
-        "model.safetensors.index.json",
-        "lora_weights/adapter_model.safetensors",
-    )
-    return [out / name for name in names if (out / name).exists()]
-
-
-def check_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to train into a finished or an interrupted run unless --overwrite or --resume says so.
-
-    Reads only: a refused run leaves every file in `output_dir` as it was.
-    """
-    if resume or overwrite:
-        return
-    out = Path(output_dir)
-    finished = finished_artifacts(out)
-    if finished:
-        raise SftlibError(
-            f"{out} already holds a finished run ({finished[0].name}).",
-            "pass --overwrite to replace it, --resume to continue it, or choose another training.output_dir.",
-        )
-    if checkpoint_dirs(out):
-        raise SftlibError(
-            f"{out} holds checkpoints of an unfinished run.",
-            "pass --resume to continue it, --overwrite to start afresh, or choose another training.output_dir.",
-        )
 
 
 def _fsync(path: Path) -> None:

@@ -16,8 +16,9 @@ from sftlib.errors import SftlibError, describe_os_error
 
 
 def _add_config(p: argparse.ArgumentParser, required: bool = False, default: str | None = None) -> None:
+    """--config (None when not given: the command picks its default, named by `default` in the help)."""
     shown = "required" if required else f"default: {default or 'configs/default_train_config.yaml'}"
-    p.add_argument("--config", required=required, default=default, help=f"YAML config ({shown})")
+    p.add_argument("--config", required=required, default=None, help=f"YAML config ({shown})")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -66,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("generate", help="generate from a trained output_dir with the chat template")
-    p.add_argument("--model", required=True, help="merged model folder (an output_dir)")
+    p.add_argument(
+        "--model", required=True, help="a model: an output_dir, a folder, a hub id or embedded:NAME"
+    )
     p.add_argument("--adapter", default=None, help="LoRA adapter folder, applied on --model")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("prompt", nargs="+", help="user message(s)")
@@ -101,7 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("demo", help="the demo: SmolLM2 fails a task, is fine-tuned on CPU, then solves it")
-    _add_config(p, default="configs/demo.yaml")
+    _add_config(
+        p, default="configs/demo.yaml as shipped with sftlib; with --lesson chat, configs/chat_lesson.yaml"
+    )
+    p.add_argument(
+        "--lesson",
+        choices=["dates", "chat"],
+        default="dates",
+        help="dates: one-turn ISO dates; chat: two-turn chats on Qwen3's reasoning template (turn-by-turn masks)",
+    )
     _add_notebook_args(p, "folder for everything the demo makes (default: runs/demo)", default="runs/demo")
     p.set_defaults(func=cmd_demo)
     return parser
@@ -123,24 +134,24 @@ def cmd_train(args) -> int:
 
 
 def _prepared(args, **kwargs):
-    from sftlib import masking, modeling
+    from sftlib import dataset, modeling
     from sftlib.config import load_config
 
     cfg = load_config(args.config, args.overrides)
     tokenizer = modeling.load_tokenizer(cfg.model)
-    return cfg, tokenizer, masking.prepare(cfg, tokenizer, **kwargs)
+    return cfg, tokenizer, dataset.prepare(cfg, tokenizer, **kwargs)
 
 
 def cmd_check(args) -> int:
-    from sftlib import masking
+    from sftlib import views
 
     cfg, tokenizer, data = _prepared(args)
-    print(masking.format_report(data, cfg, tokenizer))
+    print(views.format_report(data, cfg, tokenizer))
     return 0
 
 
 def cmd_masks(args) -> int:
-    from sftlib import masking
+    from sftlib import views
 
     if args.limit is not None and args.limit <= 0:
         raise SftlibError(
@@ -152,7 +163,7 @@ def cmd_masks(args) -> int:
         raise SftlibError(
             "--split eval: the config defines no eval split.", "set dataset.eval_split or dataset.eval_size."
         )
-    n = masking.write_masks_jsonl(ds, tokenizer, Path(args.out), with_text=args.text)
+    n = views.write_masks_jsonl(ds, tokenizer, Path(args.out), with_text=args.text)
     print(f"wrote {n} examples to {args.out}")
     return 0
 
@@ -160,21 +171,25 @@ def cmd_masks(args) -> int:
 def cmd_merge(args) -> int:
     from sftlib import merge
     from sftlib.config import load_config
-    from sftlib.train import ADAPTER_DIRNAME
+    from sftlib.layout import ADAPTER_DIRNAME
 
     cfg = load_config(args.config, args.overrides)
     if not cfg.model.use_lora:
         print("model.use_lora is false: a full fine-tune has nothing to merge.")
         return 0
-    merge.merge_adapter(cfg.model, cfg.output_dir / ADAPTER_DIRNAME, cfg.output_dir, dtype=args.dtype)
+    result = merge.merge_adapter(
+        cfg.model, cfg.output_dir / ADAPTER_DIRNAME, cfg.output_dir, dtype=args.dtype
+    )
+    print(merge.summary(result))
     print(f"merged model written to {cfg.output_dir}")
     return 0
 
 
 def cmd_generate(args) -> int:
     from sftlib import generate
+    from sftlib.config import ModelConfig
 
-    model, tokenizer = generate.load_for_generation(args.model, args.adapter)
+    model, tokenizer = generate.load_for_generation(ModelConfig(path=args.model), args.adapter)
     prompts = [[{"role": "user", "content": p}] for p in args.prompt]
     for prompt, answer in zip(
         args.prompt, generate.generate(model, tokenizer, prompts, args.max_new_tokens), strict=True
@@ -237,9 +252,9 @@ def cmd_pipeline(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from sftlib.pipeline import run_demo
+    from sftlib.demo import run_demo
 
-    run_demo(args.out, args.config, args.overrides, dict(args.params))
+    run_demo(args.out, args.config, args.overrides, dict(args.params), lesson=args.lesson)
     return 0
 
 
@@ -250,10 +265,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return report(lambda: args.func(args), debug=args.debug)
+
+
+def report(run, debug: bool = False) -> int:
+    """Call `run()`; every error ends as one `error: ...` line on stderr and a non-zero exit code
+    (with `debug`, the traceback instead). Returns `run()`'s exit code (0 when it returns None)."""
     try:
-        return args.func(args)
+        return run() or 0
     except SftlibError as exc:
-        if args.debug:
+        if debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 1)  # guards.Interrupted: 128 + the signal number
@@ -261,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted.", file=sys.stderr)
         return 130
     except Exception as exc:  # a library's error: still one line, with the way to see more
-        if args.debug:
+        if debug:
             raise
         known = describe_os_error(exc)  # disk full, permission denied, a file where a folder should be
         if known is not None:

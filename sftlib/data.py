@@ -7,12 +7,13 @@ example's row in its source split, so that every tokenized example can be traced
 - `prompt`, `completion`: strings, or message lists (format prompt_completion)
 - `text`: a string, trained on entirely            (format text)
 
-Normalization only reshapes. Validation (empty turns, unknown roles, ...) happens at tokenization,
-where a bad row becomes a counted drop reason instead of a crash (see sftlib.masking).
+Normalization only reshapes. `conversation` checks a conversation's roles and order when it is
+tokenized, where a bad row becomes a counted drop reason (`DropExample`) instead of a crash.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import glob
 import hashlib
@@ -30,13 +31,14 @@ from sftlib.errors import SftlibError
 logger = logging.getLogger("sftlib")
 
 FORMATS = ("prompt_completion", "alpaca", "messages", "sharegpt", "text")
-CHAT_FORMATS = ("alpaca", "messages", "sharegpt")  # normalized to `messages`
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 SHAREGPT_ROLES = {
     "human": "user",
     "user": "user",
     "gpt": "assistant",
     "assistant": "assistant",
+    "chatgpt": "assistant",  # scraped ShareGPT dumps name the bot by product too
+    "bing": "assistant",
     "system": "system",
 }
 ACCEPTED = (
@@ -56,7 +58,7 @@ def code_version() -> str:
     masking code would silently reuse labels cached by the old code.
     """
     digest = hashlib.sha256()
-    for name in ("data.py", "masking.py"):
+    for name in ("data.py", "masking.py", "dataset.py"):
         digest.update((Path(__file__).parent / name).read_bytes())
     return digest.hexdigest()[:16]
 
@@ -226,6 +228,14 @@ def _with_index(ds: Dataset) -> Dataset:
 # --------------------------------------------------------------------------- formats
 
 
+def resolve_format(ds: Dataset, fmt: str) -> tuple[str, str]:
+    """(format, why): `fmt` checked against the columns, or detected when it is "auto"."""
+    if fmt == "auto":
+        return detect_format(ds)
+    check_columns(ds, fmt)
+    return fmt, "set by dataset.format"
+
+
 def detect_format(ds: Dataset) -> tuple[str, str]:
     """(format, one-line reason), from the column names and the first row."""
     cols = ds.column_names
@@ -366,3 +376,82 @@ def _str_or_none(value: Any) -> str | None:
 def is_chat(example: dict) -> bool:
     """Whether a normalized example is a conversation (needs a chat template)."""
     return "messages" in example or isinstance(example.get("prompt"), list)
+
+
+# --------------------------------------------------------------------------- rows that can't be trained
+
+ROLES = ("system", "user", "assistant")
+
+# Every way an example can be dropped. Nothing is dropped without one of these in the report.
+DROP_REASONS = {
+    "empty_text": "text is empty or whitespace",
+    "empty_completion": "the completion is empty, or has no assistant turn",
+    "empty_conversation": "no messages",
+    "empty_assistant_turn": "an assistant turn is empty or whitespace",
+    "non_string_content": "a prompt, completion, text or message content is not a string (null, number, list)",
+    "unknown_role": "a role other than system/user/assistant (ShareGPT: system/human/gpt)",
+    "misplaced_system": "a system message that is not the first message",
+    "repeated_role": "two consecutive messages with the same role",
+    "no_assistant_turn": "no assistant turn (after trimming leading assistant and trailing user turns)",
+    "template_error": "the chat template raised an error on this row (e.g. a system message it does not support)",
+    "history_changes": "the template renders the turn's own history differently once it is answered",
+    "no_stop_token": "an assistant turn is not followed by any of the model's stop tokens",
+    "all_trained_tokens_truncated": "max_seq_length cuts off every trained token",
+}
+
+
+class DropExample(Exception):
+    """An example that can't be trained on; `reason` is a key of DROP_REASONS, `detail` says where."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        assert reason in DROP_REASONS, reason
+        self.reason, self.detail = reason, detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+@dataclasses.dataclass(frozen=True)
+class Conversation:
+    """A checked conversation: `first_trainable` is the first message that may be trained (prompt/completion:
+    the first completion message); `leading` / `trailing` count the assistant turns trimmed from the start
+    (nothing prompted them) and the user turns trimmed from the end (nothing answers them)."""
+
+    messages: list[dict]
+    first_trainable: int = 0
+    leading: int = 0
+    trailing: int = 0
+
+
+def conversation(example: dict) -> Conversation:
+    """The example's messages, checked and trimmed; raises DropExample."""
+    if "messages" in example:
+        messages, first = list(example["messages"] or []), 0
+    else:
+        prompt, completion = example["prompt"] or [], example["completion"] or []
+        if not completion:
+            raise DropExample("empty_completion")
+        messages, first = list(prompt) + list(completion), len(prompt)
+    if not messages:
+        raise DropExample("empty_conversation")
+    for m in messages:
+        if not isinstance(m.get("content"), str):
+            raise DropExample("non_string_content")
+        if m.get("role") not in ROLES:
+            raise DropExample("unknown_role")
+    system = 1 if messages[0]["role"] == "system" else 0
+    leading = 0
+    while first == 0 and len(messages) > system and messages[system]["role"] == "assistant":
+        messages = messages[:system] + messages[system + 1 :]  # scraped dumps often open with the bot
+        leading += 1
+    trailing = 0
+    while messages and messages[-1]["role"] == "user":
+        messages, trailing = messages[:-1], trailing + 1
+    roles = [m["role"] for m in messages]
+    if "system" in roles[1:]:
+        raise DropExample("misplaced_system")
+    if "assistant" not in roles[first:]:
+        raise DropExample("empty_completion" if first else "no_assistant_turn")
+    if any(a == b for a, b in zip(roles, roles[1:], strict=False)):
+        raise DropExample("repeated_role")
+    if any(m["role"] == "assistant" and not m["content"].strip() for m in messages[first:]):
+        raise DropExample("empty_completion" if first else "empty_assistant_turn")
+    return Conversation(messages, first, leading, trailing)

@@ -1,4 +1,11 @@
-"""The demo task: rewrite an English date, written in one of many styles, as ISO `YYYY-MM-DD`.
+"""The demo lessons, their tasks and their run (`sftlib demo [--lesson chat]`): the notebook suite on each.
+
+- `dates` (the default): rewrite an English date written in one of many styles as ISO `YYYY-MM-DD`.
+- `chat`: a two-turn chat on a reasoning-style template (TRL's bundled `qwen3`). Turn 1 reasons in a
+  `<think>` block, then answers the ISO date; turn 2 asks a follow-up that only the first turn
+  answers ("Now as DD/MM/YYYY.", "Which year is that?", "Which month is that?"), so the score shows the
+  model answering the second turn from the first. Qwen3's template drops earlier turns' reasoning
+  once a later turn follows, so each conversation is trained as two examples (sftlib.masking).
 
 SmolLM2-135M-Instruct fails it zero-shot (it chats, explains, or gets the digits wrong), and a
 short LoRA run teaches it, so `sftlib demo` can show a measurable before/after on a CPU. The
@@ -16,11 +23,15 @@ import datetime as dt
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 from sftlib.errors import SftlibError
 
 TASK_NAME = "iso_dates"
-DATA_DIR = Path("configs/data") / TASK_NAME
+DATA_DIR = Path("configs/data") / TASK_NAME  # how configs name the task's data (shipped: sftlib.shipped)
+CHAT_DATA_DIR = Path("configs/data") / "date_chats"
+LESSONS = {"dates": ("demo.yaml", DATA_DIR), "chat": ("chat_lesson.yaml", CHAT_DATA_DIR)}  # config, data
+N_CHAT_TRAIN = 800
 N_TRAIN = 1200
 N_EVAL = 64
 SEED = 0
@@ -113,6 +124,42 @@ def build_demo_rows(
     return rows[:n_train], rows[n_train:]
 
 
+FOLLOW_UPS = {  # turn 2: a question only the date of turn 1 answers
+    "Now write it as DD/MM/YYYY.": lambda d: f"{d.day:02d}/{d.month:02d}/{d.year}",
+    "Which year is that?": lambda d: str(d.year),
+    "Which month is that?": lambda d: _month(d),
+}
+
+
+def make_chat_row(d: dt.date, style: str, follow_up: str) -> dict:
+    """Two turns: the date to ISO with a short reasoning block, then a follow-up about the same date."""
+    reasoning = f"Day {d.day}, month {d.month} ({_month(d)}), year {d.year}."
+    first = make_row(d, style)["messages"]
+    first[1]["content"] = f"<think>\n{reasoning}\n</think>\n\n{iso(d)}"
+    return {
+        "messages": [
+            *first,
+            {"role": "user", "content": follow_up},
+            {"role": "assistant", "content": FOLLOW_UPS[follow_up](d)},
+        ]
+    }
+
+
+def build_chat_rows(
+    n_train: int = N_CHAT_TRAIN, n_eval: int = N_EVAL, seed: int = SEED
+) -> tuple[list[dict], list[dict]]:
+    """(train_rows, test_rows) of the chat lesson: the dates lesson's dates and styles, each with a
+    follow-up dealt round-robin, so both splits ask every follow-up evenly."""
+    dated, held_out = build_demo_rows(n_train, n_eval, seed)
+    questions = list(FOLLOW_UPS)
+    rows = []
+    for i, row in enumerate(dated + held_out):
+        d = dt.date.fromisoformat(row["messages"][1]["content"])
+        style = next(name for name, fmt in STYLES.items() if row["messages"][0]["content"].endswith(fmt(d)))
+        rows.append(make_chat_row(d, style, questions[i % len(questions)]))
+    return rows[:n_train], rows[n_train:]
+
+
 def write_jsonl(rows: list[dict], path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,10 +170,14 @@ def write_jsonl(rows: list[dict], path: Path) -> Path:
 
 
 def write_demo_dataset(
-    out_dir: Path = DATA_DIR, n_train: int = N_TRAIN, n_eval: int = N_EVAL, seed: int = SEED
+    out_dir: Path = DATA_DIR,
+    n_train: int = N_TRAIN,
+    n_eval: int = N_EVAL,
+    seed: int = SEED,
+    lesson: str = "dates",
 ) -> dict[str, Path]:
-    """Write `train.jsonl` and `test.jsonl` into `out_dir`; return {"train": path, "test": path}."""
-    train, test = build_demo_rows(n_train, n_eval, seed)
+    """Write a lesson's `train.jsonl` and `test.jsonl` into `out_dir`; return {"train": path, "test": path}."""
+    train, test = (build_chat_rows if lesson == "chat" else build_demo_rows)(n_train, n_eval, seed)
     out_dir = Path(out_dir)
     return {
         "train": write_jsonl(train, out_dir / "train.jsonl"),
@@ -134,22 +185,62 @@ def write_demo_dataset(
     }
 
 
-def split_prompt_reference(rows: list[dict]) -> tuple[list[list[dict]], list[str]]:
-    """Split chat rows into prompts (every message before the last) and references (the last answer)."""
-    prompts, references = [], []
-    for i, row in enumerate(rows):
-        messages = row.get("messages") if isinstance(row, dict) else None
-        if not messages or messages[-1].get("role") != "assistant":
-            raise SftlibError(
-                f"row {i} is not a chat row ending in an assistant message.",
-                'give rows like {"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}.',
-            )
-        prompts.append(messages[:-1])
-        references.append(messages[-1]["content"])
-    return prompts, references
+# --------------------------------------------------------------------------- the run
 
 
-def to_prompt_completion(row: dict) -> dict:
-    """The conversational prompt/completion form TRL masks by itself: loss on the answer only."""
-    messages = row["messages"]
-    return {"prompt": messages[:-1], "completion": messages[-1:]}
+def run_demo(
+    out: str | Path = "runs/demo",
+    config: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    params: dict[str, str] | None = None,
+    progress: bool = True,
+    lesson: str = "dates",
+) -> dict[str, Any]:
+    """The whole suite on a lesson's task: the embedded model fails it, is fine-tuned, then solves it.
+
+    `config` defaults to the lesson's shipped config (configs/demo.yaml, configs/chat_lesson.yaml). A
+    config whose `dataset.name` is a lesson's own `configs/data/...` trains on the copy shipped with
+    sftlib, so the demo runs from any working directory. The model is materialized if needed; the
+    trained run goes to OUT/model (replacing an earlier demo run), so everything the demo makes lies
+    under OUT.
+    """
+    from sftlib import embedded, shipped
+    from sftlib.config import load_config
+    from sftlib.pipeline import run_pipeline
+
+    if lesson not in LESSONS:
+        raise SftlibError(f"unknown lesson {lesson!r}.", f"use one of: {', '.join(LESSONS)}.")
+    out = Path(out)
+    config = Path(config) if config is not None else shipped.config(LESSONS[lesson][0])
+    overrides = [f"training.output_dir={out / 'model'}", *overrides]
+    cfg = load_config(config, overrides)
+    shipped_data = {data for _, data in LESSONS.values()}
+    if Path(cfg.dataset.name) in shipped_data:
+        overrides.append(f"dataset.name={shipped.config(str(Path(cfg.dataset.name).relative_to('configs')))}")
+        cfg = load_config(config, overrides)
+    embedded.resolve(cfg.model.path)
+    params = {"OVERWRITE": "true", **(params or {})}
+    summary = run_pipeline(config, out, overrides, params, progress=progress)
+    print(demo_report(summary, out, cfg.output_dir))
+    return summary
+
+
+def demo_report(summary: dict, out: Path, model_dir: Path) -> str:
+    """What the demo made and where, and the before/after scores, as lines for the terminal."""
+    pictures = sorted(p.name for p in out.glob("*.png")) + sorted(p.name for p in out.glob("*_view.html"))
+    lines = [
+        f"executed notebooks: {out}/NN_*.ipynb (and .html)",
+        f"plots: {', '.join(pictures)} in {out}",
+        f"merged model: {model_dir} (adapter in {model_dir / 'lora_weights'})",
+        f"summary: {out / 'summary.json'}",
+    ]
+    base, tuned = summary.get("base"), summary.get("tuned")
+    if base is None or tuned is None:
+        lines.append("no held-out split in the config: nothing was scored.")
+    else:
+        lines.append(
+            f"exact match on {summary['eval_examples']} held-out prompts: "
+            f"base {base['exact_match']:.1f}% -> tuned {tuned['exact_match']:.1f}% "
+            f"(token F1 {base['token_f1']:.1f}% -> {tuned['token_f1']:.1f}%)"
+        )
+    return "\n".join(lines)

@@ -8,11 +8,13 @@ what `accelerate launch -m sftlib train` starts.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from sftlib.errors import SftlibError
@@ -216,6 +218,57 @@ def launch_command(
     if overwrite:
         cmd.append("--overwrite")
     return cmd
+
+
+def reporting_errors(fn, errors: str):
+    """`fn` as a worker function that, on an SftlibError, writes it to `errors/rank-N.json` before failing, so
+    the launching process can report it as the CLI does: one `error: ... Fix: ...` line."""
+    import functools
+
+    @functools.wraps(fn)
+    def worker(*args):
+        import json
+        import traceback
+
+        try:
+            return fn(*args)
+        except SftlibError as exc:
+            rank = os.environ.get("RANK", "0")
+            record = {"message": exc.message, "fix": exc.fix, "traceback": traceback.format_exc()}
+            Path(errors, f"rank-{rank}.json").write_text(json.dumps(record))
+            raise SystemExit(1) from None  # a plain exit: torch elastic prints no traceback for it
+
+    return worker
+
+
+@contextlib.contextmanager
+def worker_errors():
+    """A folder for `reporting_errors`; a worker's SftlibError is raised here as the same SftlibError
+    (the worker's traceback on its `__cause__`, shown by --debug), instead of torch elastic's dump."""
+    import json
+    import tempfile
+
+    # torch logs each failed worker and the workers it then stops; the error raised below says why.
+    loggers = [logging.getLogger(n) for n in ("torch.distributed.elastic", "torch.multiprocessing.spawn")]
+    levels = [logger.level for logger in loggers]
+    with tempfile.TemporaryDirectory(prefix="sftlib-errors-") as errors:
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL)
+        try:
+            yield errors
+        except Exception:
+            reports = sorted(Path(errors).glob("rank-*.json"))
+            if not reports:
+                raise
+            record = json.loads(reports[0].read_text())
+            raise SftlibError(record["message"], record["fix"]) from WorkerTraceback(record["traceback"])
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+
+
+class WorkerTraceback(Exception):
+    """The traceback of the worker that failed, as text (what --debug shows under the error)."""
 
 
 def run_streaming(cmd: list[str]) -> None:

@@ -1,92 +1,129 @@
-"""Load a model for generation, generate greedy answers in batches, and score them.
+"""Generate answers with a base or fine-tuned model: which prompts, which model, greedy decoding.
 
-`load_for_generation` takes a merged model folder, or a base model folder plus a PEFT adapter
-folder. `generate` applies the chat template, left-pads, decodes greedily until the end-of-turn
-token, and returns only the new text. `score` gives exact match and SQuAD-style token F1.
+Models are loaded by `modeling.load_model` / `load_tokenizer`, the same loaders training uses
+(dtype, 4-bit, pad token, trust_remote_code, hub id, folder or `embedded:`, the configured chat
+template). `generate` renders chat prompts with the chat template, left-pads, decodes greedily
+until one of the model's stop tokens, and returns only the new text. Scoring is sftlib.scoring.
 """
 
 from __future__ import annotations
 
-import collections
-import re
-import string
+import dataclasses
 from pathlib import Path
 
-from sftlib import embedded
+from sftlib.config import ModelConfig, RunConfig
 from sftlib.errors import SftlibError
+from sftlib.noise import library_deprecations
 
-DTYPES = (None, "auto", "float32", "bfloat16", "float16")
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
-
-
-def _torch_dtype(dtype):
-    import torch
-
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise SftlibError(f"unknown dtype {dtype!r}.", f"use one of: {', '.join(str(d) for d in DTYPES)}.")
-    return dtype if dtype == "auto" else getattr(torch, dtype)
+SEEN_PROMPTS = 4  # without a held-out split, this many training prompts are answered (and labelled so)
 
 
-def _check_dir(path: str, what: str) -> Path:
-    folder = Path(path)
-    if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
-        raise SftlibError(
-            f"{what} {str(path)!r} is not a model folder (no config.json or adapter_config.json).",
-            "give the folder that save_pretrained wrote (or an `embedded:` model name).",
-        )
-    return folder
+def load_for_generation(model_cfg: ModelConfig, adapter_dir: str | Path | None = None):
+    """(model, tokenizer) ready for `generate`: eval mode, a pad token.
 
-
-def load_for_generation(model_dir: str, adapter_dir: str | None = None, dtype=None):
-    """Return (model, tokenizer) ready for `generate`: eval mode, left padding, a pad token.
-
-    `model_dir` is a merged model folder or the base model of `adapter_dir` (a PEFT adapter
-    folder, merged into the base after loading so generation runs at base-model speed).
-    `embedded:` names are resolved. `dtype` is None (the checkpoint's own), "auto", "float32",
-    "bfloat16" or "float16". Weights are read from safetensors only.
+    With `adapter_dir`, the LoRA adapter is applied to the model; it is merged into unquantized
+    weights so generation runs at base-model speed, and kept unmerged on a 4-bit base (merging
+    would round the update into 4-bit weights).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from sftlib import modeling
 
-    model_dir = embedded.resolve(str(model_dir))
-    _check_dir(model_dir, "model_dir")
-    torch_dtype = _torch_dtype(dtype)
-    kwargs = {"use_safetensors": True}
-    if torch_dtype is not None:
-        kwargs["dtype"] = torch_dtype
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
-    tokenizer_dir = model_dir
+    tokenizer = modeling.load_tokenizer(model_cfg)
+    model = modeling.load_model(model_cfg)
     if adapter_dir is not None:
         from peft import PeftModel
 
-        adapter = _check_dir(str(adapter_dir), "adapter_dir")
+        adapter = Path(adapter_dir)
         if not (adapter / "adapter_config.json").is_file():
             raise SftlibError(
-                f"adapter_dir {str(adapter_dir)!r} has no adapter_config.json.",
-                "give the folder a LoRA run saved its adapter to, or pass a merged model as model_dir.",
+                f"{adapter} holds no LoRA adapter (adapter_config.json is missing).",
+                "give the lora_weights/ folder of a LoRA run, or load the merged model in its output_dir.",
             )
-        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-        # A training run saves its tokenizer next to the adapter; it wins if present.
-        if (adapter / "tokenizer_config.json").is_file():
-            tokenizer_dir = str(adapter)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, padding_side="left")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+        with library_deprecations():
+            model = PeftModel.from_pretrained(model, str(adapter))
+        if not model_cfg.load_in_4bit:
+            model = model.merge_and_unload()
     model.eval()
     return model, tokenizer
 
 
-def stop_token_ids(tokenizer) -> list[int]:
-    """The eos token plus any end-of-turn token the vocabulary has (ChatML's `<|im_end|>`, ...)."""
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    vocab = tokenizer.get_vocab()
-    ids += [vocab[t] for t in END_OF_TURN_TOKENS if t in vocab and vocab[t] not in ids]
-    return ids
+def tuned_model(cfg: RunConfig, use_adapter: bool = False) -> tuple[ModelConfig, str | None]:
+    """(model config, adapter_dir) of the trained run in `training.output_dir`.
+
+    The merged model (or the full fine-tune) is a plain model there, saved with its tokenizer and
+    chat template; with `use_adapter` (LoRA runs), the base as configured plus `lora_weights/`.
+    """
+    from sftlib.layout import ADAPTER_DIRNAME
+
+    if use_adapter and cfg.model.use_lora:
+        return cfg.model, str(cfg.output_dir / ADAPTER_DIRNAME)
+    if not (cfg.output_dir / "config.json").is_file():
+        raise SftlibError(
+            f"{cfg.output_dir} holds no trained model (config.json is missing).",
+            "train first (notebook 03 or `sftlib train`), or point training.output_dir at a finished run.",
+        )
+    dtype = cfg.model.dtype if cfg.model.dtype in ("float32", "bfloat16", "float16") else None
+    merged = ModelConfig(
+        path=str(cfg.output_dir),
+        max_seq_length=cfg.model.max_seq_length,
+        dtype=dtype,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
+    return merged, None
+
+
+@dataclasses.dataclass
+class Prompts:
+    """What to generate for: `references` are None where there is nothing to score against."""
+
+    prompts: list
+    references: list[str | None]
+    source: str  # "yours", "held-out", or "seen in training"
+
+    def scored(self) -> bool:
+        return self.source == "held-out"
+
+
+def prompts_for(cfg: RunConfig, limit: int | None = None, own: list[str] | None = None) -> Prompts:
+    """The prompts notebook 05 answers: `own` prompts (user messages) when given; else the held-out
+    split with its references; else a few training prompts, labelled as seen in training and not
+    scored. Rows that can't be trained on are skipped."""
+    from sftlib import data
+
+    if own:
+        return Prompts([[{"role": "user", "content": p}] for p in own], [None] * len(own), "yours")
+    raw = data.load_raw(cfg.dataset, seed=cfg.seed)
+    fmt, _ = data.resolve_format(raw["train"], cfg.dataset.format)
+    if fmt == "text":
+        raise SftlibError(
+            "a `text` dataset has no prompts to answer.",
+            "give your own prompts (notebook 05's PROMPTS), or use a chat or prompt/completion dataset.",
+        )
+    split, source = ("eval", "held-out") if "eval" in raw else ("train", "seen in training")
+    limit = limit if split == "eval" else min(limit or SEEN_PROMPTS, SEEN_PROMPTS)
+    prompts, references = [], []
+    for example in data.normalize(raw[split], fmt):
+        if limit is not None and len(prompts) >= limit:
+            break
+        if data.is_chat(example):
+            try:
+                messages = data.conversation(example).messages
+            except data.DropExample:
+                continue
+            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+            prompts.append(messages[:last])
+            references.append(messages[last]["content"])
+        elif isinstance(example.get("prompt"), str) and isinstance(example.get("completion"), str):
+            prompts.append(example["prompt"])
+            references.append(example["completion"])
+    if not prompts:
+        raise SftlibError(
+            f"the {split} split has no prompt to answer.", "give your own prompts (notebook 05's PROMPTS)."
+        )
+    return Prompts(prompts, references if split == "eval" else [None] * len(prompts), source)
 
 
 def _prompt_texts(tokenizer, prompts) -> tuple[list[str], bool]:
-    """Chat prompts become template text ending in the assistant header; strings pass through.
+    """Chat prompts become template text ending in the generation prompt; strings pass through.
 
     Returns the texts and whether the tokenizer should add its own special tokens (only for raw
     strings: the chat template already wrote them).
@@ -97,7 +134,7 @@ def _prompt_texts(tokenizer, prompts) -> tuple[list[str], bool]:
         if tokenizer.chat_template is None:
             raise SftlibError(
                 "the tokenizer has no chat template, so chat prompts cannot be rendered.",
-                "pass plain string prompts, or use a tokenizer with a chat template.",
+                "pass plain string prompts, or set model.chat_template.",
             )
         texts = [
             tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts
@@ -119,22 +156,22 @@ def generate(
 ) -> list[str]:
     """Greedy answers for `prompts`, in order: only the new text, without special tokens.
 
-    Prompts are batched by token length (less padding) and left-padded; decoding stops at the
-    eos / end-of-turn token or after `max_new_tokens`.
+    Prompts are batched by token length (less padding) and left-padded; decoding stops at one of the
+    model's stop tokens (`modeling.stop_ids`, the set masking trains) or after `max_new_tokens`.
     """
     import torch
     from tqdm.auto import tqdm
+
+    from sftlib.modeling import stop_ids
 
     if not prompts:
         return []
     if batch_size < 1:
         raise SftlibError(f"batch_size must be at least 1, got {batch_size}.")
     texts, add_special_tokens = _prompt_texts(tokenizer, prompts)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: lengths[i])
-    stops = stop_token_ids(tokenizer)
+    stops = stop_ids(tokenizer, model.generation_config)
     outputs: list[str | None] = [None] * len(texts)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     device = next(model.parameters()).device
@@ -161,42 +198,3 @@ def generate(
         for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
             outputs[i] = text
     return outputs
-
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
-
-
-def normalize_answer(text: str) -> list[str]:
-    """SQuAD's normalization (lower case, no articles, collapsed spaces), except that punctuation
-    separates tokens instead of vanishing, so "2021-03-05" is three tokens and a near miss on a
-    date gets partial credit."""
-    text = _PUNCTUATION.sub(" ", text.lower())
-    return _ARTICLES.sub(" ", text).split()
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    """Token-overlap F1 in [0, 1]; two empty answers agree (1.0)."""
-    pred, ref = normalize_answer(prediction), normalize_answer(reference)
-    if not pred or not ref:
-        return float(pred == ref)
-    common = sum((collections.Counter(pred) & collections.Counter(ref)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def score(predictions: list[str], references: list[str]) -> dict:
-    """{"exact_match": 0..100, "token_f1": 0..100, "n": n}; exact match compares `.strip()`-ed text."""
-    if len(predictions) != len(references):
-        raise SftlibError(
-            f"got {len(predictions)} predictions for {len(references)} references.",
-            "score one prediction per reference, in the same order.",
-        )
-    n = len(references)
-    if n == 0:
-        return {"exact_match": 0.0, "token_f1": 0.0, "n": 0}
-    exact = sum(p.strip() == r.strip() for p, r in zip(predictions, references, strict=True))
-    f1 = sum(token_f1(p, r) for p, r in zip(predictions, references, strict=True))
-    return {"exact_match": 100.0 * exact / n, "token_f1": 100.0 * f1 / n, "n": n}

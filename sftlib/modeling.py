@@ -105,12 +105,67 @@ def load_tokenizer(model_cfg: ModelConfig):
             f"could not load a tokenizer from {path!r}: {_first_line(exc)}",
             "point model.path at a folder holding the model's tokenizer files (tokenizer.json, tokenizer_config.json).",
         ) from exc
+    if model_cfg.chat_template:
+        tokenizer.chat_template = chat_template_text(model_cfg.chat_template)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise SftlibError(f"the tokenizer of {path!r} has neither a pad nor an EOS token.")
         tokenizer.pad_token = tokenizer.eos_token
         log.info("tokenizer has no pad token: using the EOS token %r for padding", tokenizer.eos_token)
     return tokenizer
+
+
+def bundled_chat_templates() -> dict[str, Path]:
+    """The chat templates TRL ships (`trl/chat_templates/NAME.jinja`), by name; training variants excluded."""
+    import trl
+
+    folder = Path(trl.__file__).parent / "chat_templates"
+    return {p.stem: p for p in sorted(folder.glob("*.jinja")) if not p.stem.endswith("_training")}
+
+
+def chat_template_text(value: str) -> str:
+    """`model.chat_template`: a path to a Jinja file, or the name of a template TRL bundles (qwen3, llama3, ...)."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    bundled = bundled_chat_templates()
+    if value in bundled:
+        return bundled[value].read_text(encoding="utf-8")
+    import difflib
+
+    close = difflib.get_close_matches(value, list(bundled), n=1)
+    raise SftlibError(
+        f"model.chat_template {value!r} is neither a file nor a template TRL bundles.",
+        (f"did you mean {close[0]}? " if close else "")
+        + f"give a path to a .jinja file or one of: {', '.join(bundled)}.",
+    )
+
+
+def stop_token_ids(model_cfg: ModelConfig, tokenizer) -> list[int]:
+    """The model's stop tokens, read from its folder without loading its weights (see `stop_ids`)."""
+    from transformers import GenerationConfig
+
+    try:
+        generation = GenerationConfig.from_pretrained(resolve_path(model_cfg))
+    except OSError:  # a model folder without generation_config.json: the tokenizer's EOS alone
+        generation = None
+    ids = stop_ids(tokenizer, generation)
+    if not ids:
+        raise SftlibError(
+            f"model {model_cfg.path!r} defines no stop token (no eos_token in its tokenizer or generation_config).",
+            "use a model whose tokenizer has an eos_token.",
+        )
+    return ids
+
+
+def stop_ids(tokenizer, generation_config=None) -> list[int]:
+    """The tokens that end generation: the tokenizer's EOS plus generation_config.eos_token_id (a list
+    for Llama 3, Gemma, gpt-oss). Masking trains each assistant turn up to the first of them, and
+    generation stops at them."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    eos = getattr(generation_config, "eos_token_id", None)
+    ids.update(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    return sorted(ids)
 
 
 def quantization_config(model_cfg: ModelConfig):

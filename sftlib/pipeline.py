@@ -1,9 +1,12 @@
-"""Run the notebooks in order with papermill, and the demo that runs them on the ISO-date task.
+"""Run the notebook suite in order with papermill, and gather what each notebook recorded.
 
-`run_pipeline` executes `notebooks/NN_*.ipynb` with the project root as working directory and the
-running interpreter as kernel, writes the executed copies (and HTML exports) into the output folder,
-and merges what each notebook recorded (`RUN_DIR/<notebook>.json`) into `summary.json`. It stops at
-the first failing cell and raises SftlibError naming the notebook, the cell and the error.
+`run_pipeline` discovers the notebooks (`NN_name.ipynb` in the shipped suite, sftlib/shipped.py),
+executes them in the caller's working directory (so the relative paths of the user's config mean
+what they mean to the user) on the running interpreter, writes the executed copies and their HTML
+exports into the output folder, and merges what each notebook recorded (`RUN_DIR/<notebook>.json`)
+into `summary.json`. A notebook lifts values to the top of the summary by naming them in its own
+metadata (`sftlib.summary`), so the pipeline knows no notebook by name. It stops at the first
+failing cell and raises SftlibError naming the notebook, the cell and the error.
 """
 
 from __future__ import annotations
@@ -22,24 +25,61 @@ import yaml
 
 from sftlib.errors import SftlibError
 
-ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS_DIR = ROOT / "notebooks"
-DEMO_CONFIG = "configs/demo.yaml"
 KERNEL_NAME = "sftlib-python"
+NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
+# nbconvert's lab template drops an image's alt text (IPython's Image(alt=...) keeps it in the output's
+# metadata) and then warns that it is missing; this template puts it back. An image without alt text
+# in its metadata is left alone, so that warning still means what it says.
+HTML_TEMPLATE = "sftlib-index.html.j2"
+HTML_TEMPLATE_SOURCE = """{%- extends 'index.html.j2' -%}
+{% block data_png scoped %}
+{%- set alt = output | get_metadata('alt', 'image/png') -%}
+{%- if alt -%}
+{{ super() | replace('<img src=', '<img alt="' ~ (alt | escape_html) ~ '" src=', 1) }}
+{%- else -%}
+{{ super() }}
+{%- endif -%}
+{% endblock data_png %}
+"""
 
 
 # --------------------------------------------------------------------------- parameters
 
 
-def notebooks(only: list[str] | tuple[str, ...] = ()) -> list[Path]:
-    """The suite's notebooks in order; `only` keeps those whose name starts with one of its prefixes."""
-    found = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
-    if only:
-        found = [p for p in found if any(p.name.startswith(prefix) for prefix in only)]
-        if not found:
-            names = ", ".join(p.stem for p in sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb")))
-            raise SftlibError(f"--only {' '.join(only)} matches no notebook.", f"use a prefix of: {names}.")
+def notebooks(only: list[str] | tuple[str, ...] = (), suite: Path | None = None) -> list[Path]:
+    """The notebooks of `suite` (default: the shipped one) in order; `only` keeps those whose name
+    starts with one of its prefixes."""
+    from sftlib import shipped
+
+    everything = sorted(Path(suite or shipped.notebooks_dir()).glob(NOTEBOOK_PATTERN))
+    if not everything:
+        raise SftlibError(f"no notebooks named {NOTEBOOK_PATTERN} in {suite or shipped.notebooks_dir()}.")
+    found = (
+        [p for p in everything if any(p.name.startswith(prefix) for prefix in only)] if only else everything
+    )
+    if not found:
+        names = ", ".join(p.stem for p in everything)
+        raise SftlibError(f"--only {' '.join(only)} matches no notebook.", f"use a prefix of: {names}.")
     return found
+
+
+def summary_keys(paths: list[Path]) -> dict[str, list[str]]:
+    """{notebook: the keys of its record it lifts into summary.json}, from each notebook's metadata
+    (`"sftlib": {"summary": [...]}`). Two notebooks lifting the same key would overwrite each other."""
+    import nbformat
+
+    keys, owner = {}, {}
+    for path in paths:
+        declared = nbformat.read(path, as_version=4).metadata.get("sftlib", {}).get("summary", [])
+        for key in declared:
+            if key in owner:
+                raise SftlibError(
+                    f"notebooks {owner[key]} and {path.stem} both lift {key!r} into summary.json.",
+                    "remove it from the metadata (sftlib.summary) of one of them.",
+                )
+            owner[key] = path.stem
+        keys[path.stem] = list(declared)
+    return keys
 
 
 def declared_parameters(path: Path) -> dict[str, dict]:
@@ -103,30 +143,55 @@ def resolve_parameters(paths: list[Path], given: dict[str, Any], raw: dict[str, 
 # --------------------------------------------------------------------------- running
 
 
+def check_before_running(config, overrides, per_notebook: dict[Path, dict]) -> None:
+    """Check what the notebooks will need before the first kernel starts, so a run fails only on what
+    can't be known up front: the config; the tokenizer and chat template; the data, its masks and the
+    drop gate (the prepare pass, which datasets caches for the notebooks); an output_dir training may
+    write into (when a notebook declares OVERWRITE); prompts to generate for (when one declares PROMPTS).
+    Keyed by the parameters the notebooks declare, so the pipeline still names no notebook."""
+    import ast
+
+    from sftlib import dataset, generate, layout, modeling
+    from sftlib.config import load_config
+
+    cfg = load_config(config, list(overrides))
+    values = {}
+    for path, given in per_notebook.items():
+        for name, info in declared_parameters(path).items():
+            values.setdefault(name, given[name] if name in given else ast.literal_eval(info["default"]))
+    dataset.prepare(cfg, modeling.load_tokenizer(cfg.model))
+    if "OVERWRITE" in values:
+        layout.check_output_dir(cfg.output_dir, resume=False, overwrite=bool(values["OVERWRITE"]))
+    if "PROMPTS" in values:
+        generate.prompts_for(cfg, 1, values["PROMPTS"] or None)
+
+
 def run_pipeline(
-    config: str,
+    config: str | Path,
     out: str | Path,
     overrides: list[str] | tuple[str, ...] = (),
     params: dict[str, str] | None = None,
     only: list[str] | tuple[str, ...] = (),
     progress: bool = True,
     export_html: bool = True,
+    suite: Path | None = None,
 ) -> dict[str, Any]:
     """Execute the notebooks in order; returns (and writes to OUT/summary.json) the merged summary.
 
     `params` maps names to `-p` text, typed by each notebook's declaration. CONFIG, OVERRIDES and
     RUN_DIR are filled from `config`, `overrides` and `out` for every notebook that declares them.
+    The kernels run in this process's working directory, the one relative paths in `config`,
+    `overrides` and `out` are relative to.
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from sftlib.config import load_config
-
-    out = Path(out)
-    paths = notebooks(only)
-    given = {"CONFIG": str(config), "OVERRIDES": list(overrides), "RUN_DIR": str(out.resolve())}
+    out = Path(out).resolve()
+    paths = notebooks(only, suite)
+    lifted = summary_keys(paths)
+    given = {"CONFIG": str(Path(config).resolve()), "OVERRIDES": list(overrides), "RUN_DIR": str(out)}
     per_notebook = resolve_parameters(paths, given, dict(params or {}))
-    load_config(config, list(overrides))  # a bad config or --set stops here, before any kernel starts
+    check_before_running(config, overrides, per_notebook)  # before any kernel starts
     out.mkdir(parents=True, exist_ok=True)
 
     summary: dict[str, Any] = {"config": str(config), "overrides": list(overrides), "notebooks": {}}
@@ -142,9 +207,9 @@ def run_pipeline(
                     str(executed),
                     parameters=per_notebook[path],
                     kernel_name=kernel_name,
-                    cwd=str(ROOT),
                     progress_bar=progress,
                     language="python",
+                    config=_kernel_transport(),
                 )
             except PapermillExecutionError as exc:
                 summary["failed"] = {
@@ -158,30 +223,30 @@ def run_pipeline(
                     f"notebook {path.stem} failed in cell [{exc.exec_count}] ({_first_line(exc.source)}): "
                     f"{exc.ename}: {evalue} (traceback in {executed})"
                 ) from None
+            results = _read_record(out, path.stem)
             summary["notebooks"][path.stem] = {
                 "wall_seconds": round(time.perf_counter() - t0, 2),
                 "executed": str(executed),
-                "results": _read_record(out, path.stem),
+                "results": results,
             }
             if export_html:
                 summary["notebooks"][path.stem]["html"] = str(export_to_html(executed))
+            for key in lifted[path.stem]:
+                if key not in results:
+                    raise SftlibError(
+                        f"notebook {path.stem} lifts {key!r} into summary.json (its metadata, sftlib.summary), "
+                        f"but its record {out / (path.stem + '.json')} has no {key!r}.",
+                        f"record {key!r} in its last cell, or remove it from sftlib.summary.",
+                    )
+                summary[key] = results[key]
             _finish(summary, out, start)
     return summary
 
 
 def _finish(summary: dict, out: Path, start: float, failed_notebook: Path | None = None) -> None:
-    """Lift the headline numbers to the top level and write summary.json (after every notebook)."""
+    """Write summary.json (after every notebook, so a failed run keeps what the others recorded)."""
     if failed_notebook and failed_notebook.exists():
         export_to_html(failed_notebook)
-    results = {name: nb["results"] for name, nb in summary["notebooks"].items()}
-    generated = results.get("05_load_and_generate") or {}
-    for key in ("base", "tuned", "eval_examples"):
-        if key in generated:
-            summary[key] = generated[key]
-    trained = results.get("03_train") or {}
-    if "loss_history" in trained:
-        summary["loss_history"] = trained["loss_history"]
-        summary["world_size"] = trained["world_size"]
     summary["wall_seconds"] = round(time.perf_counter() - start, 2)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
@@ -193,13 +258,28 @@ def _read_record(out: Path, name: str) -> dict:
     return json.loads(path.read_text())
 
 
+def _kernel_transport():
+    """Kernel configuration: talk to the kernels over local (IPC) sockets.
+
+    Over TCP every kernel warns that its traffic is unencrypted; IPC sockets are files in the Jupyter
+    runtime folder, readable by this user only, so there is nothing to warn about.
+    """
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {"transport": "ipc"}})
+
+
 def export_to_html(executed: Path) -> Path:
     """An HTML copy of an executed notebook next to it (pictures embedded)."""
     import nbformat
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
     try:
-        body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+        exporter = HTMLExporter(
+            extra_loaders=[DictLoader({HTML_TEMPLATE: HTML_TEMPLATE_SOURCE})], template_file=HTML_TEMPLATE
+        )
+        body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
     except ValueError as exc:
         if "template" not in str(exc).lower():
             raise
@@ -265,49 +345,3 @@ class _headless:
             os.environ.pop(self._name, None)
         else:
             os.environ[self._name] = self._old
-
-
-# --------------------------------------------------------------------------- the demo
-
-
-def run_demo(
-    out: str | Path = "runs/demo",
-    config: str = DEMO_CONFIG,
-    overrides: list[str] | tuple[str, ...] = (),
-    params: dict[str, str] | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """The whole suite on the demo task: the embedded model fails it, is fine-tuned, then solves it.
-
-    The model is materialized if needed and the demo data written if missing; the trained run goes to
-    OUT/model (replacing an earlier demo run), so everything the demo makes lies under OUT.
-    """
-    from sftlib import demo, embedded
-    from sftlib.config import load_config
-
-    out = Path(out)
-    overrides = [f"training.output_dir={out / 'model'}", *overrides]
-    cfg = load_config(config, overrides)
-    embedded.resolve(cfg.model.path)
-    if Path(cfg.dataset.name) == demo.DATA_DIR and not (demo.DATA_DIR / "train.jsonl").is_file():
-        demo.write_demo_dataset()
-    params = {"OVERWRITE": "true", **(params or {})}
-    summary = run_pipeline(config, out, overrides, params, progress=progress)
-    print(demo_report(summary, out, cfg.output_dir))
-    return summary
-
-
-def demo_report(summary: dict, out: Path, model_dir: Path) -> str:
-    base, tuned = summary["base"], summary["tuned"]
-    pictures = sorted(p.name for p in out.glob("*.png")) + sorted(p.name for p in out.glob("*_view.html"))
-    return "\n".join(
-        [
-            f"executed notebooks: {out}/NN_*.ipynb (and .html)",
-            f"plots: {', '.join(pictures)} in {out}",
-            f"merged model: {model_dir} (adapter in {model_dir / 'lora_weights'})",
-            f"summary: {out / 'summary.json'}",
-            f"exact match on {summary['eval_examples']} held-out prompts: "
-            f"base {base['exact_match']:.1f}% -> tuned {tuned['exact_match']:.1f}% "
-            f"(token F1 {base['token_f1']:.1f}% -> {tuned['token_f1']:.1f}%)",
-        ]
-    )

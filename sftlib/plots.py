@@ -1,24 +1,18 @@
-"""Figures for notebooks and run folders, and HTML views of tokens and answers.
+"""Figures for notebooks and run folders (HTML views are sftlib.views).
 
-Every figure function builds a `matplotlib.figure.Figure` directly (no pyplot state, so it works
-headless and in threads), returns it, and writes a PNG when `path` is given. The HTML helpers
-return a string for `IPython.display.HTML`; every piece of user text in them is escaped.
+Every function builds a `matplotlib.figure.Figure` directly (no pyplot state, so it works headless
+and in threads), returns it, and writes a PNG when `path` is given.
 """
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
-TRAINED, MASKED = 1, 0
-# state -> (legend label, background colour); the colours stay readable for red-green colour blindness.
-TOKEN_STATES = {
-    MASKED: ("masked: no loss (label -100)", "#e0e0e0"),
-    TRAINED: ("trained: loss on this token", "#9ecae1"),
-}
+from sftlib.scoring import exact_match, prompt_text
+
 CORRECT_COLOUR, WRONG_COLOUR = "#c7e9c0", "#fcbba1"
 
 
@@ -58,9 +52,10 @@ def loss_curve(log_history: list[dict], path=None) -> Figure:
 def length_histograms(
     prompt_lengths: Sequence[int], completion_lengths: Sequence[int], max_seq_length: int, path=None
 ) -> Figure:
-    """Token counts of prompts and completions, side by side; `max_seq_length` is a dashed line.
+    """Token counts of prompts and completions, side by side, each axis zoomed to its data.
 
-    A prompt past the line leaves no room for its completion; a completion past it is truncated.
+    `max_seq_length` is a dashed line where it falls in view, else named in the title: a prompt past
+    it leaves no room for its completion; a completion past it is truncated.
     """
     fig = Figure(figsize=(9, 3.5))
     for i, (lengths, name) in enumerate(((prompt_lengths, "prompt"), (completion_lengths, "completion"))):
@@ -68,14 +63,21 @@ def length_histograms(
         lengths = list(lengths)
         if lengths:
             ax.hist(lengths, bins=min(40, max(1, len(set(lengths)))), color="#6baed6")
-        ax.axvline(
-            max_seq_length, color="#d62728", linestyle="--", label=f"max_seq_length = {max_seq_length}"
-        )
+        top = max(lengths, default=1)
         over = sum(n > max_seq_length for n in lengths)
-        ax.set_title(f"{name} tokens (n={len(lengths)}, {over} over the limit)")
+        if max_seq_length <= top * 1.15:
+            ax.axvline(
+                max_seq_length, color="#d62728", linestyle="--", label=f"max_seq_length = {max_seq_length}"
+            )
+            ax.legend(loc="upper right")
+            ax.set_xlim(0, max(top, max_seq_length) * 1.05)
+            limit = f"{over} over the limit"
+        else:
+            ax.set_xlim(0, top * 1.1)
+            limit = f"limit {max_seq_length} off to the right"
+        ax.set_title(f"{name} tokens (n={len(lengths)}, {limit})")
         ax.set_xlabel("tokens")
         ax.set_ylabel("examples")
-        ax.legend(loc="upper right")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -95,36 +97,26 @@ def trained_fraction_histogram(fractions: Sequence[float], path=None) -> Figure:
     return _save(fig, path)
 
 
-def _prompt_text(prompt) -> str:
-    """A chat prompt shows its last user message; a string shows itself."""
-    if isinstance(prompt, list) and prompt and isinstance(prompt[-1], dict):
-        return str(prompt[-1].get("content", ""))
-    return str(prompt)
-
-
 def _short(text: str, width: int) -> str:
     text = str(text).replace("\n", "↵ ")
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _is_correct(answer, reference) -> bool:
-    return answer is not None and str(answer).strip() == str(reference).strip()
-
-
 def before_after_table(rows: list[dict], path=None, max_chars: int = 48) -> Figure:
-    """A table of prompt / reference / base / tuned; answers are green when they match exactly, red
-    when not. Each row is a dict with `prompt` (a string or chat messages), `reference`, `base`,
-    `tuned`."""
-    columns = ("prompt", "reference", "base", "tuned")
+    """A table of prompt / reference / base / tuned; answers are green when they match the reference
+    exactly (sftlib.scoring), red when not, plain where there is no reference. Each row is a dict with
+    `prompt` (a string or chat messages), `reference` (or None), `base`, `tuned`."""
+    scored = any(row.get("reference") is not None for row in rows)
+    columns = ("prompt", "reference", "base", "tuned") if scored else ("prompt", "base", "tuned")
     cells, colours = [], []
     for row in rows:
-        ref = row.get("reference", "")
+        ref = row.get("reference")
         line, colour = [], []
         for col in columns:
-            value = _prompt_text(row.get("prompt", "")) if col == "prompt" else row.get(col, "")
+            value = prompt_text(row.get("prompt", "")) if col == "prompt" else row.get(col, "")
             text = _short(value, max_chars)
-            if col in ("base", "tuned"):
-                ok = _is_correct(row.get(col), ref)
+            if col in ("base", "tuned") and ref is not None:
+                ok = exact_match(row.get(col), ref)
                 text = ("✓ " if ok else "✗ ") + text
                 colour.append(CORRECT_COLOUR if ok else WRONG_COLOUR)
             else:
@@ -144,61 +136,3 @@ def before_after_table(rows: list[dict], path=None, max_chars: int = 48) -> Figu
         ax.text(0.5, 0.5, "no rows", ha="center", va="center")
     fig.tight_layout()
     return _save(fig, path)
-
-
-def before_after_html(rows: list[dict]) -> str:
-    """The same table as `before_after_table`, as escaped HTML for notebooks."""
-    cell = 'style="border:1px solid #ccc;padding:2px 6px;text-align:left;font-family:monospace"'
-    head = "".join(f"<th {cell}>{c}</th>" for c in ("prompt", "reference", "base", "tuned"))
-    body = []
-    for row in rows:
-        ref = row.get("reference", "")
-        tds = [
-            f"<td {cell}>{html.escape(_prompt_text(row.get('prompt', '')))}</td>",
-            f"<td {cell}>{html.escape(str(ref))}</td>",
-        ]
-        for col in ("base", "tuned"):
-            ok = _is_correct(row.get(col), ref)
-            colour = CORRECT_COLOUR if ok else WRONG_COLOUR
-            mark = "✓" if ok else "✗"
-            text = html.escape(str(row.get(col, "")))
-            tds.append(f'<td {cell[:-1]};background:{colour}">{mark} {text}</td>')
-        body.append("<tr>" + "".join(tds) + "</tr>")
-    return f'<table style="border-collapse:collapse"><tr>{head}</tr>{"".join(body)}</table>'
-
-
-def _visible(text: str) -> str:
-    """Escape a token's text and make its whitespace visible: · for a space, → for a tab, ↵ then a
-    real line break for a newline."""
-    out = html.escape(text).replace(" ", "·").replace("\t", "→")
-    return out.replace("\r", "␍").replace("\n", "↵<br>")
-
-
-def token_view_html(tokens: list[tuple[str, int]], states: dict[int, tuple[str, str]] | None = None) -> str:
-    """Colour each token by its state, with a legend; the input is (token_text, state) pairs.
-
-    Token text is shown literally (special tokens such as `<|im_end|>` included), so give the
-    decoded text of each id (`tokenizer.decode([id])`), not the BPE piece. `states` maps a state
-    to (legend label, colour); the default is 0 = masked, 1 = trained.
-    """
-    states = TOKEN_STATES if states is None else states
-    unknown = sorted({s for _, s in tokens} - set(states))
-    if unknown:
-        from sftlib.errors import SftlibError
-
-        raise SftlibError(f"token states {unknown} have no colour.", f"use states from {sorted(states)}.")
-    box = "border-radius:3px;padding:0 1px;margin:0 1px 1px 0;border:1px solid #fff"
-    legend = " ".join(
-        f'<span style="background:{colour};{box}">{html.escape(label)}</span>'
-        for label, colour in states.values()
-    )
-    spans = "".join(
-        f'<span title="{html.escape(repr(text))}" style="background:{states[state][1]};{box}">'
-        f"{_visible(text)}</span>"
-        for text, state in tokens
-    )
-    return (
-        '<div style="font-family:monospace;line-height:1.8;white-space:normal">'
-        f'<div class="legend" style="margin-bottom:6px">Legend: {legend}</div>'
-        f"<div>{spans}</div></div>"
-    )

@@ -16,11 +16,10 @@ from typing import Any
 
 from sftlib.config import RunConfig, load_config, write_resolved
 from sftlib.errors import SftlibError
+from sftlib.layout import ADAPTER_DIRNAME, RUN_INFO
+from sftlib.noise import library_deprecations
 
 log = logging.getLogger("sftlib")
-
-ADAPTER_DIRNAME = "lora_weights"
-RUN_INFO = "run_info.json"
 
 
 def sft_config(cfg: RunConfig, **overrides: Any):
@@ -55,29 +54,15 @@ def sft_config(cfg: RunConfig, **overrides: Any):
         raise SftlibError(f"invalid `training` settings: {exc}") from None
 
 
-def check_output_dir(output_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to train into a finished or interrupted run unless --overwrite or --resume says so."""
-    from sftlib import checkpoints
-
-    checkpoints.check_output_dir(output_dir, resume=resume, overwrite=overwrite)
-
-
-def distributed_state(use_cpu: bool):
-    """The process group, checked against what was launched (see sftlib.distributed)."""
-    from sftlib import distributed
-
-    return distributed.distributed_state(use_cpu)
-
-
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune as configured; returns the run info (also written to output_dir/run_info.json)."""
-    from sftlib import checkpoints, distributed, fastpath, guards, masking, modeling
+    from sftlib import checkpoints, dataset, distributed, fastpath, guards, layout, modeling
 
     args = sft_config(cfg)
-    state = distributed_state(args.use_cpu)
+    state = distributed.distributed_state(args.use_cpu)
     distributed.check_supported(cfg.model)
     out = cfg.output_dir
-    check_output_dir(out, resume=resume, overwrite=overwrite)
+    layout.check_output_dir(out, resume=resume, overwrite=overwrite)
     resume_from = checkpoints.resume_checkpoint(out) if resume else None
     if overwrite and not resume and state.is_main_process:
         clear_output_dir(out)
@@ -87,20 +72,21 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
 
     with state.local_main_process_first():  # local rank 0 fills this machine's datasets/model caches first
         tokenizer = modeling.load_tokenizer(cfg.model)
-        data = masking.prepare(cfg, tokenizer)
+        data = dataset.prepare(cfg, tokenizer)
     model = modeling.load_model(cfg.model)
     model.config.use_cache = False  # a KV cache in train mode lets packed sequences attend across boundaries
     peft_config = modeling.lora_config(cfg.model, model) if cfg.model.use_lora else None
 
     # The fast path (one micro-batch per step, run in passes) where it applies, and the precision,
     # pass size and checkpointing decided by measurement; see sftlib.fastpath and sftlib.autotune
-    trainer = fastpath.build_trainer(
-        cfg, model, tokenizer, data.train, data.eval, peft_config, loss_check=guards.FiniteLoss(cfg)
-    )
+    with library_deprecations():
+        trainer = fastpath.build_trainer(
+            cfg, model, tokenizer, data.train, data.eval, peft_config, loss_check=guards.FiniteLoss(cfg)
+        )
     with guards.guarded(trainer, cfg):  # complete checkpoints, SIGINT/SIGTERM
         result = trainer.train(resume_from_checkpoint=resume_from)
     fingerprints = distributed.check_ranks_agree(trainer.model)  # SftlibError if ranks trained apart
-    save_outputs(trainer, cfg, tokenizer)
+    merge_check = save_outputs(trainer, cfg, tokenizer)
 
     runtime_s = result.metrics.get("train_runtime", 0.0)
     info = {
@@ -119,6 +105,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
         "output_dir": str(out),
         "adapter_dir": str(out / ADAPTER_DIRNAME) if cfg.model.use_lora else None,
         "data": {"format": data.format, "report": data.report},
+        "merge": merge_check,
         "fast_path": trainer.plan.record(),
         "versions": library_versions(),
         "log_history": trainer.state.log_history,
@@ -129,24 +116,25 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     return info
 
 
-def save_outputs(trainer, cfg: RunConfig, tokenizer) -> None:
+def save_outputs(trainer, cfg: RunConfig, tokenizer) -> dict | None:
     """The seed's layout: adapter in lora_weights/, merged model + tokenizer in output_dir.
 
-    Every folder is written through a staging folder, moved in, reloaded and compared (artifacts).
+    Every folder is written through a staging folder, moved in, reloaded and compared (artifacts); the
+    merged model is checked against base + adapter (sftlib.merge). Returns that check's figures.
     """
     from sftlib import artifacts, merge
 
-    out = cfg.output_dir
+    out, check = cfg.output_dir, None
     if cfg.model.use_lora:
         adapter_dir = out / ADAPTER_DIRNAME
         artifacts.save_trained(trainer, adapter_dir)  # every rank: FSDP/DeepSpeed gather the weights here
         if trainer.accelerator.is_main_process:
-            merged = merge.merge_adapter(cfg.model, adapter_dir, out)
-            artifacts.verify_safetensors(out, merged.state_dict())
+            check = merge.merge_adapter(cfg.model, adapter_dir, out)
             artifacts.write_atomically(out, tokenizer.save_pretrained)
     else:
         artifacts.save_trained(trainer, out)
     trainer.accelerator.wait_for_everyone()
+    return check
 
 
 def _final_loss(history: list[dict], fallback: float) -> float:
@@ -213,8 +201,13 @@ def launch(
     - `accelerate_config` (FSDP, DeepSpeed, multi-node): notebook_launcher can't take a launch
       config file, so this runs `accelerate launch --config_file ...` as a child process.
     """
+    from sftlib import layout
+    from sftlib.config import output_dir_of
+
     if num_processes < 1:
         raise SftlibError(f"num_processes must be at least 1, got {num_processes}.")
+    # Before any worker starts: a refused output_dir is one error here, not one per worker.
+    layout.check_output_dir(output_dir_of(config_path, overrides), resume=resume, overwrite=overwrite)
     if accelerate_config:
         from sftlib import distributed
 
@@ -242,10 +235,11 @@ def launch(
             )
         from sftlib import distributed
 
-        notebook_launcher(
-            run_from_files,
-            args=(config_path, list(overrides), resume, overwrite),
-            num_processes=num_processes,
-            use_port=str(distributed.free_port()),
-        )
-    return read_run_info(load_config(config_path, overrides).output_dir)
+        with distributed.worker_errors() as errors:
+            notebook_launcher(
+                distributed.reporting_errors(run_from_files, errors),
+                args=(config_path, list(overrides), resume, overwrite),
+                num_processes=num_processes,
+                use_port=str(distributed.free_port()),
+            )
+    return read_run_info(output_dir_of(config_path, overrides))

@@ -323,7 +323,7 @@ def test_masks_with_a_full_disk_raised_inside_a_library(ws, capsys, monkeypatch)
         except OSError as exc:
             raise RuntimeError("failed writing file") from exc  # as torch/safetensors re-raise it
 
-    monkeypatch.setattr("sftlib.masking.write_masks_jsonl", full)
+    monkeypatch.setattr("sftlib.views.write_masks_jsonl", full)
     code, err = run_cli(["masks", "--config", ws.config(), "--out", ws.root / "m.jsonl"], capsys)
     assert_clear_error(code, err, "the disk is full", "free disk space")
 
@@ -383,12 +383,12 @@ def test_merge_without_a_trained_adapter(ws, capsys):
 
 def test_generate_from_a_missing_model(ws, capsys):
     code, err = run_cli(["generate", "--model", ws.root / "no_model", "hello"], capsys)
-    assert_clear_error(code, err, "is not a model folder", "save_pretrained")
+    assert_clear_error(code, err, "does not exist", "saved model folder")
 
 
 def test_generate_with_a_folder_that_is_not_an_adapter(ws, capsys):
     code, err = run_cli(["generate", "--model", TINY, "--adapter", TINY, "hello"], capsys)
-    assert_clear_error(code, err, "has no adapter_config.json", "adapter")
+    assert_clear_error(code, err, "holds no LoRA adapter", "lora_weights/")
 
 
 # ----------------------------------------------------------------- pipeline, demo

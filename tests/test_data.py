@@ -195,12 +195,15 @@ def test_normalize_conversational_prompt_completion_keeps_message_lists():
 
 
 def test_detection_is_logged_once_by_prepare(caplog, tokenizer):
-    from sftlib import masking
+    from sftlib import dataset
     from sftlib.config import ModelConfig, RunConfig
 
-    cfg = RunConfig(model=ModelConfig(path="x"), dataset=DatasetConfig(name=str(FIXTURES / "sharegpt.jsonl")))
+    cfg = RunConfig(
+        model=ModelConfig(path="embedded:tiny-random-llama"),
+        dataset=DatasetConfig(name=str(FIXTURES / "sharegpt.jsonl")),
+    )
     with caplog.at_level(logging.INFO, logger="sftlib"):
-        masking.prepare(cfg, tokenizer)
+        dataset.prepare(cfg, tokenizer)
     lines = [r.getMessage() for r in caplog.records if "format" in r.getMessage()]
     assert lines == [
         "dataset format: sharegpt (column `conversations` holds turns with `from`/`value` keys (ShareGPT))"

@@ -1,4 +1,5 @@
-"""The demo task: deterministic, disjoint splits, answers that are the ISO form of the prompt's date."""
+"""The demo task (deterministic, disjoint splits, answers that are the ISO form of the prompt's date)
+and its run: the shipped config and data from any working directory, and the report it prints."""
 
 import datetime as dt
 import re
@@ -6,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from sftlib import demo
+from sftlib import demo, pipeline, shipped
 from sftlib.errors import SftlibError
 
-COMMITTED = Path(__file__).resolve().parents[1] / demo.DATA_DIR
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = ROOT / demo.DATA_DIR
 
 
 def test_build_demo_rows_is_deterministic_for_a_seed():
@@ -79,17 +81,81 @@ def test_committed_files_are_what_the_generator_writes(tmp_path):
         )
 
 
-def test_split_prompt_reference_and_prompt_completion_form():
-    train, _ = demo.build_demo_rows(3, 0)
-    prompts, references = demo.split_prompt_reference(train)
-    assert prompts == [r["messages"][:1] for r in train]
-    assert references == [r["messages"][1]["content"] for r in train]
-    pc = demo.to_prompt_completion(train[0])
-    assert pc["prompt"] == train[0]["messages"][:1] and pc["completion"] == train[0]["messages"][1:]
-    with pytest.raises(SftlibError, match="row 0"):
-        demo.split_prompt_reference([{"messages": [{"role": "user", "content": "hi"}]}])
-
-
 def test_too_many_rows_is_a_clear_error():
     with pytest.raises(SftlibError, match="distinct dates"):
         demo.build_demo_rows(10**6, 1)
+
+
+# --------------------------------------------------------------------------- the run (no notebooks)
+
+
+@pytest.fixture
+def pipeline_calls(monkeypatch):
+    """run_pipeline replaced by a recorder returning a scored summary: what the demo would run."""
+    calls = []
+
+    def fake(config, out, overrides, params, progress=True):
+        calls.append({"config": Path(config), "out": out, "overrides": overrides, "params": params})
+        scores = {"exact_match": 50.0, "token_f1": 75.0, "n": 2}
+        return {"base": scores, "tuned": scores, "eval_examples": 2}
+
+    monkeypatch.setattr(pipeline, "run_pipeline", fake)
+    return calls
+
+
+def test_demo_runs_the_shipped_config_on_the_shipped_data_from_any_folder(
+    pipeline_calls, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    demo.run_demo("out")
+    (call,) = pipeline_calls
+    assert call["config"] == shipped.config("demo.yaml")
+    assert call["overrides"] == [
+        "training.output_dir=out/model",
+        f"dataset.name={shipped.configs_dir() / 'data' / demo.TASK_NAME}",
+    ]
+    assert call["params"] == {"OVERWRITE": "true"}
+    assert not (tmp_path / "configs").exists()
+
+
+def test_demo_keeps_a_dataset_the_user_names(pipeline_calls, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    demo.write_demo_dataset(tmp_path / "mine", n_train=4, n_eval=2)
+    demo.run_demo("out", overrides=["dataset.name=mine"], params={"NUM_EXAMPLES": "2"})
+    (call,) = pipeline_calls
+    assert call["overrides"] == ["training.output_dir=out/model", "dataset.name=mine"]  # relative to here
+    assert call["params"] == {"OVERWRITE": "true", "NUM_EXAMPLES": "2"}
+
+
+def test_demo_report_names_what_was_made_and_the_scores(tmp_path):
+    (tmp_path / "loss_curve.png").write_bytes(b"")
+    scores = {
+        "base": {"exact_match": 0.0, "token_f1": 37.0},
+        "tuned": {"exact_match": 87.5, "token_f1": 97.4},
+    }
+    report = demo.demo_report({**scores, "eval_examples": 64}, tmp_path, tmp_path / "model")
+    assert f"plots: loss_curve.png in {tmp_path}" in report
+    assert f"merged model: {tmp_path / 'model'} (adapter in {tmp_path / 'model' / 'lora_weights'})" in report
+    assert "exact match on 64 held-out prompts: base 0.0% -> tuned 87.5% (token F1 37.0% -> 97.4%)" in report
+    unscored = demo.demo_report({"base": None, "tuned": None}, tmp_path, tmp_path / "model")
+    assert "nothing was scored" in unscored and "exact match" not in unscored
+
+
+def test_committed_chat_lesson_files_are_what_the_generator_writes(tmp_path):
+    paths = demo.write_demo_dataset(tmp_path, n_train=demo.N_CHAT_TRAIN, lesson="chat")
+    for split in ("train", "test"):
+        committed = Path(demo.CHAT_DATA_DIR) / f"{split}.jsonl"
+        assert paths[split].read_bytes() == (ROOT / committed).read_bytes(), f"{committed} is stale"
+
+
+def test_chat_lesson_turn_two_is_answered_by_turn_one_only():
+    train, test = demo.build_chat_rows(30, 9)
+    for row in train + test:
+        user, first, follow_up, second = row["messages"]
+        answer = first["content"].rsplit("\n", 1)[-1]  # the ISO date after the reasoning block
+        assert first["content"].startswith("<think>\n") and "</think>\n\n" in first["content"]
+        year, month, day = answer.split("-")
+        assert second["content"] in (f"{day}/{month}/{year}", year, demo.MONTHS[int(month) - 1])
+    assert {row["messages"][2]["content"] for row in test} == set(demo.FOLLOW_UPS)
+    held_out = {row["messages"][1]["content"] for row in test}
+    assert not held_out & {row["messages"][1]["content"] for row in train}

@@ -5,7 +5,7 @@ import logging
 import pytest
 import torch
 
-from sftlib import autotune, embedded, fastpath, masking
+from sftlib import autotune, dataset, embedded, fastpath, masking
 from sftlib.config import load_config
 from sftlib.errors import SftlibError
 from sftlib.fastpath import pack_rows, split_passes
@@ -21,8 +21,8 @@ def chat_examples(tokenizer, n=6):
         user = " ".join(["When is the meeting"] * (1 + 3 * i))
         answer = " ".join([f"On day {i}."] * (1 + (5 * i) % 7))
         example = {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
-        tokens = masking.tokenize_example(example, tokenizer)
-        out.append({"input_ids": tokens["input_ids"], "labels": tokens["labels"]})
+        (tokens,), _ = masking.tokenize_example(example, tokenizer)
+        out.append({"input_ids": tokens.input_ids, "labels": tokens.labels})
     return out
 
 
@@ -119,7 +119,7 @@ def build(cfg, fast: bool):
     from sftlib.train import sft_config
 
     tokenizer = modeling.load_tokenizer(cfg.model)
-    data = masking.prepare(cfg, tokenizer, splits=("train",))
+    data = dataset.prepare(cfg, tokenizer, splits=("train",))
     torch.manual_seed(0)
     model = modeling.load_model(cfg.model)
     model.config.use_cache = False

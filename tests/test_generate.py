@@ -6,14 +6,11 @@ import pytest
 import torch
 
 from sftlib import embedded
+from sftlib.config import DatasetConfig, ModelConfig, RunConfig
 from sftlib.errors import SftlibError
-from sftlib.generate import (
-    generate,
-    load_for_generation,
-    score,
-    stop_token_ids,
-    token_f1,
-)
+from sftlib.generate import generate, load_for_generation, prompts_for
+from sftlib.modeling import stop_ids
+from sftlib.scoring import score, token_f1
 
 TINY = "embedded:tiny-random-llama"
 PROMPTS = [
@@ -31,7 +28,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def tiny():
-    return load_for_generation(TINY, dtype="float32")
+    return load_for_generation(ModelConfig(path=TINY, dtype="float32"))
 
 
 def _force_token(model, token_id):
@@ -48,9 +45,9 @@ def _force_token(model, token_id):
     return calls
 
 
-def test_load_for_generation_pads_on_the_left_with_a_pad_token(tiny):
+def test_load_for_generation_gives_an_eval_model_with_a_pad_token(tiny):
     model, tokenizer = tiny
-    assert tokenizer.padding_side == "left" and tokenizer.pad_token is not None
+    assert tokenizer.pad_token is not None
     assert not model.training
     assert next(model.parameters()).dtype == torch.float32
 
@@ -71,7 +68,7 @@ def test_batched_left_padded_generation_equals_one_by_one(tiny):
 
 
 def test_generate_returns_only_new_text_up_to_max_new_tokens():
-    model, tokenizer = load_for_generation(TINY)
+    model, tokenizer = load_for_generation(ModelConfig(path=TINY))
     token_a = tokenizer.convert_tokens_to_ids("A")
     _force_token(model, token_a)
     assert generate(model, tokenizer, PROMPTS[:2], max_new_tokens=3, progress=False) == ["AAA", "AAA"]
@@ -79,9 +76,9 @@ def test_generate_returns_only_new_text_up_to_max_new_tokens():
 
 
 def test_generate_stops_at_the_end_of_turn_token():
-    model, tokenizer = load_for_generation(TINY)
+    model, tokenizer = load_for_generation(ModelConfig(path=TINY))
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    assert im_end in stop_token_ids(tokenizer)
+    assert im_end in stop_ids(tokenizer, model.generation_config)
     calls = _force_token(model, im_end)
     out = generate(model, tokenizer, PROMPTS[:2], max_new_tokens=8, progress=False)
     assert out == ["", ""]  # the special token is stripped from the answer
@@ -102,17 +99,45 @@ def test_adapter_is_merged_into_the_base_with_the_same_outputs(tmp_path):
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     with torch.no_grad():
         expected = peft_model(ids).logits
-    merged, _ = load_for_generation(base_dir, adapter_dir=str(tmp_path), dtype="float32")
+    merged, _ = load_for_generation(ModelConfig(path=base_dir, dtype="float32"), adapter_dir=str(tmp_path))
     assert not hasattr(merged, "peft_config")
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_load_for_generation_refuses_what_is_not_a_model(tmp_path):
-    with pytest.raises(SftlibError, match="not a model folder"):
-        load_for_generation(str(tmp_path))
-    with pytest.raises(SftlibError, match="unknown dtype"):
-        load_for_generation(TINY, dtype="fp8")
+def test_load_for_generation_refuses_what_is_not_a_model_or_adapter(tmp_path):
+    with pytest.raises(SftlibError, match="no config.json"):
+        load_for_generation(ModelConfig(path=str(tmp_path)))
+    with pytest.raises(SftlibError, match="holds no LoRA adapter"):
+        load_for_generation(ModelConfig(path=TINY), adapter_dir=tmp_path)
+
+
+def test_load_for_generation_applies_the_configured_chat_template():
+    _, tokenizer = load_for_generation(ModelConfig(path=TINY, chat_template="llama3"))
+    assert "<|start_header_id|>" in tokenizer.apply_chat_template(PROMPTS[1], tokenize=False)
+
+
+def test_prompts_come_from_the_user_the_held_out_split_or_training_labelled_as_seen():
+    def cfg(**dataset):
+        return RunConfig(ModelConfig(path=TINY), DatasetConfig(name="configs/data/iso_dates", **dataset))
+
+    held_out = prompts_for(cfg(eval_split="test"), limit=2)
+    assert (
+        held_out.source == "held-out"
+        and held_out.scored()
+        and all(r is not None for r in held_out.references)
+    )
+    seen = prompts_for(cfg(), limit=50)
+    assert (
+        seen.source == "seen in training"
+        and not seen.scored()
+        and seen.references == [None] * len(seen.prompts)
+    )
+    assert 0 < len(seen.prompts) <= 4
+    own = prompts_for(cfg(), own=["Write 5 March 2021 as YYYY-MM-DD."])
+    assert own.source == "yours" and own.prompts == [
+        [{"role": "user", "content": "Write 5 March 2021 as YYYY-MM-DD."}]
+    ]
 
 
 def test_generate_refuses_mixed_prompt_kinds(tiny):
@@ -148,3 +173,9 @@ def test_cpu_has_fast_bf16_matches_the_cpu_flags():
     if not flags:
         pytest.skip("no /proc/cpuinfo to compare with")
     assert cpu_has_fast_bf16() == ("avx512_bf16" in flags or "amx_tile" in flags)
+
+
+def test_scores_compare_answers_after_a_reasoning_block():
+    assert score(["<think>\nday 5, month 3\n</think>\n\n2021-03-05"], ["2021-03-05"])["exact_match"] == 100.0
+    assert score(["<think>\n2021-03-05\n</think>\n\nno idea"], ["2021-03-05"])["exact_match"] == 0.0
+    assert token_f1("<think>x</think>2021-03-05", "<think>y</think> 2021-03-05") == 1.0

@@ -1,18 +1,24 @@
-"""Labels for every format and chat template (sftlib.masking), checked against TRL and decode-back."""
+"""Labels for every format and chat template (sftlib.masking, sftlib.dataset): by rendering, never by search.
+
+The oracle comparison with TRL's marker templates is tests/test_chat_templates.py.
+"""
 
 import copy
+import json
+import random
 from pathlib import Path
 
 import datasets
 import pytest
 
-from sftlib import data, masking
+from sftlib import data, dataset, masking, modeling, views
 from sftlib.config import DatasetConfig, ModelConfig, RunConfig
 from sftlib.errors import SftlibError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 TRL_TEMPLATES = Path(__import__("trl").__file__).parent / "chat_templates"
 SMOL_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+TINY = "embedded:tiny-random-llama"
 FORMAT_FIXTURES = [
     "prompt_completion.jsonl",
     "prompt_completion_chat.jsonl",
@@ -32,11 +38,11 @@ def hf_cache(tmp_path_factory, monkeypatch):
     )
 
 
-def config(name, max_seq_length=512, **dataset):
+def config(name, max_seq_length=512, chat_template=None, **dataset_kwargs):
     path = name if "/" in name else str(FIXTURES / name)
     return RunConfig(
-        model=ModelConfig(path="unused", max_seq_length=max_seq_length),
-        dataset=DatasetConfig(name=path, **dataset),
+        model=ModelConfig(path=TINY, max_seq_length=max_seq_length, chat_template=chat_template),
+        dataset=DatasetConfig(name=path, **dataset_kwargs),
     )
 
 
@@ -45,7 +51,17 @@ def decode(tokenizer, ids):
 
 
 def trained_texts(tokenizer, row):
-    return [decode(tokenizer, row["input_ids"][a:b]) for a, b in masking.trained_runs(row["labels"])]
+    ids, labels = (
+        (row.input_ids, row.labels) if isinstance(row, masking.Tokens) else (row["input_ids"], row["labels"])
+    )
+    return [decode(tokenizer, ids[a:b]) for a, b in masking.trained_runs(labels)]
+
+
+def one(example, tokenizer):
+    """The single example `tokenize_example` makes of a conversation that needs no expansion, audited."""
+    (tokens,), _ = masking.tokenize_example({"index": 0, **example}, tokenizer)
+    masking.audit(tokens, {"index": 0, **example}, tokenizer)
+    return tokens
 
 
 def chat(*turns):
@@ -53,21 +69,32 @@ def chat(*turns):
     return [{"role": roles[t[0]], "content": t[2:]} for t in turns]
 
 
+def with_template(tokenizer, text):
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = text
+    return tok
+
+
 # --------------------------------------------------------------------------- every format
 
 
 @pytest.mark.parametrize("fixture", FORMAT_FIXTURES)
 def test_every_label_is_ignored_or_its_input_token_and_both_occur(fixture, tokenizer):
-    prepared = masking.prepare(config(fixture), tokenizer)
+    prepared = dataset.prepare(config(fixture), tokenizer)
     rows = list(prepared.train)
-    assert rows and prepared.report["train"]["kept"] == len(rows)
+    assert rows and prepared.report["train"]["kept"] == prepared.report["train"]["rows"]
     for row in rows:
         assert len(row["labels"]) == len(row["input_ids"])
         assert all(label in (-100, tok) for tok, label in zip(row["input_ids"], row["labels"], strict=True))
         assert any(label != -100 for label in row["labels"])
+        assert (
+            row["untruncated_trained_tokens"]
+            == row["num_trained_tokens"]
+            == sum(x != -100 for x in row["labels"])
+        )
     if prepared.format != "text":
         assert all(-100 in row["labels"] for row in rows)
-    stats = masking.check_invariants(prepared.train, tokenizer)
+    stats = dataset.check_invariants(prepared.train, tokenizer)
     assert stats["examples"] == len(rows) and len(stats["trained_fraction"]) == len(rows)
 
 
@@ -75,19 +102,21 @@ def test_every_label_is_ignored_or_its_input_token_and_both_occur(fixture, token
     "fixture", [f for f in FORMAT_FIXTURES if f != "prompt_completion.jsonl" and f != "text.jsonl"]
 )
 def test_every_assistant_turn_decodes_back_to_its_content_and_im_end(fixture, tokenizer):
-    prepared = masking.prepare(config(fixture), tokenizer)
+    prepared = dataset.prepare(config(fixture), tokenizer)
     raw = data.load_raw(DatasetConfig(name=str(FIXTURES / fixture)))["train"]
     norm = data.normalize(raw, prepared.format)
     for row in prepared.train:
-        example = norm[row["index"]]
-        messages, first = masking.chat_messages(example)
-        expected = [m["content"] + "<|im_end|>" for m in messages[first:] if m["role"] == "assistant"]
+        conversation = data.conversation(norm[row["index"]])
+        expected = [
+            m["content"] + "<|im_end|>"
+            for m in conversation.messages[conversation.first_trainable :]
+            if m["role"] == "assistant"
+        ]
         assert trained_texts(tokenizer, row) == expected
-        masking.audit(row, example, tokenizer)
 
 
 def test_multi_turn_messages_train_exactly_each_assistant_turn_and_its_im_end(tokenizer):
-    rows = list(masking.prepare(config("messages.jsonl"), tokenizer).train)
+    rows = list(dataset.prepare(config("messages.jsonl"), tokenizer).train)
     assert trained_texts(tokenizer, rows[0]) == ["Paris.<|im_end|>", "Rome.<|im_end|>"]
     assert trained_texts(tokenizer, rows[1]) == [
         "4<|im_end|>",
@@ -105,14 +134,14 @@ def test_multi_turn_messages_train_exactly_each_assistant_turn_and_its_im_end(to
 
 
 def test_multi_turn_sharegpt_trains_each_gpt_turn_verbatim(tokenizer):
-    rows = list(masking.prepare(config("sharegpt.jsonl"), tokenizer).train)
+    rows = list(dataset.prepare(config("sharegpt.jsonl"), tokenizer).train)
     assert trained_texts(tokenizer, rows[0]) == ["Paris.<|im_end|>", "Rome.<|im_end|>"]
     assert trained_texts(tokenizer, rows[1]) == ["4<|im_end|>", " 12 <|im_end|>"]
 
 
 def test_system_prompt_user_turns_and_scaffolding_are_never_trained(tokenizer):
-    out = masking.tokenize_example({"messages": chat("u Hi", "a Hello.", "u Bye", "a Bye!")}, tokenizer)
-    view = masking.token_view(out["input_ids"], out["labels"], tokenizer)
+    out = one({"messages": chat("u Hi", "a Hello.", "u Bye", "a Bye!")}, tokenizer)
+    view = views.token_view(out.input_ids, out.labels, tokenizer)
     trained = "".join(text for text, is_trained, _ in view if is_trained)
     assert trained == "Hello.<|im_end|>Bye!<|im_end|>"
     untrained = "".join(text for text, is_trained, _ in view if not is_trained)
@@ -120,24 +149,24 @@ def test_system_prompt_user_turns_and_scaffolding_are_never_trained(tokenizer):
     assert untrained.count("<|im_start|>") == 5  # every turn header, untrained
     assert not any(
         is_trained and text == "\n" for text, is_trained, _ in view
-    )  # nor the newline after <|im_end|>
+    )  # nor the "\n" after <|im_end|>
 
 
 def test_explicit_system_message_is_not_trained(tokenizer):
-    out = masking.tokenize_example({"messages": chat("s Be brief.", "u Hi", "a Hello.")}, tokenizer)
+    out = one({"messages": chat("s Be brief.", "u Hi", "a Hello.")}, tokenizer)
     assert trained_texts(tokenizer, out) == ["Hello.<|im_end|>"]
-    assert SMOL_SYSTEM not in decode(tokenizer, out["input_ids"])
+    assert SMOL_SYSTEM not in decode(tokenizer, out.input_ids)
 
 
 def test_trained_eos_survives_when_pad_equals_eos(tokenizer):
     assert tokenizer.pad_token_id == tokenizer.eos_token_id
-    out = masking.tokenize_example({"messages": chat("u Hi", "a Hello.")}, tokenizer)
-    assert out["labels"][-2] == tokenizer.eos_token_id  # <|im_end|>, then the untrained "\n"
-    assert out["labels"][-1] == -100
+    out = one({"messages": chat("u Hi", "a Hello.")}, tokenizer)
+    assert out.labels[-2] == tokenizer.eos_token_id  # <|im_end|>, then the untrained "\n"
+    assert out.labels[-1] == -100
 
 
 def test_last_assistant_trains_only_the_final_turn(tokenizer):
-    prepared = masking.prepare(config("messages.jsonl", train_on="last_assistant"), tokenizer)
+    prepared = dataset.prepare(config("messages.jsonl", train_on="last_assistant"), tokenizer)
     rows = list(prepared.train)
     assert trained_texts(tokenizer, rows[0]) == ["Rome.<|im_end|>"]
     assert trained_texts(tokenizer, rows[1]) == ["10, since 12 - 2 = 10.\nDone.<|im_end|>"]
@@ -145,50 +174,68 @@ def test_last_assistant_trains_only_the_final_turn(tokenizer):
 
 def test_conversational_prompt_completion_trains_only_completion_turns(tokenizer):
     example = {"prompt": chat("u Say hi.", "a Hi!", "u Again."), "completion": chat("a HI!")}
-    out = masking.tokenize_example(example, tokenizer)
-    assert trained_texts(tokenizer, out) == ["HI!<|im_end|>"]
-    masking.audit(out, example, tokenizer)
+    assert trained_texts(tokenizer, one(example, tokenizer)) == ["HI!<|im_end|>"]
 
 
 def test_chat_input_ids_equal_apply_chat_template_ids(tokenizer):
     messages = chat("u What?", "a This.", "u Why?", "a Because.")
-    out = masking.tokenize_example({"messages": messages}, tokenizer)
+    out = one({"messages": messages}, tokenizer)
     assert (
-        out["input_ids"]
-        == tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+        out.input_ids == tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
     )
 
 
 def test_text_trains_every_token_and_ends_with_eos(tokenizer):
-    out = masking.tokenize_example({"text": "Hello world."}, tokenizer)
-    assert out["labels"] == out["input_ids"]
-    assert out["input_ids"][-1] == tokenizer.eos_token_id
+    out = masking.text_tokens("Hello world.", tokenizer)
+    assert out.labels == out.input_ids
+    assert out.input_ids[-1] == tokenizer.eos_token_id
+
+
+def test_stop_tokens_are_the_eos_plus_generation_config(tokenizer, tmp_path):
+    from transformers import GenerationConfig
+
+    from sftlib import embedded
+
+    assert modeling.stop_token_ids(ModelConfig(path=TINY), tokenizer) == [tokenizer.eos_token_id]
+    folder = Path(embedded.resolve(TINY))
+    copy_dir = tmp_path / "model"
+    __import__("shutil").copytree(folder, copy_dir)
+    GenerationConfig(eos_token_id=[2, 0]).save_pretrained(copy_dir)  # Llama 3 style: a list
+    assert modeling.stop_token_ids(ModelConfig(path=str(copy_dir)), tokenizer) == [0, 2]
+
+
+def test_the_first_stop_token_ends_the_turn_and_the_rest_is_untrained(tokenizer):
+    # <|endoftext|> (id 0) is a stop token: the turn ends there, "<|im_end|>" after it is not generated.
+    tok = with_template(
+        tokenizer, tokenizer.chat_template.replace("+ '<|im_end|>'", "+ '<|endoftext|><|im_end|>'")
+    )
+    messages = chat("u Hi", "a Hello.")
+    rendered = tok.apply_chat_template(messages, tokenize=False)
+    assert "Hello.<|endoftext|><|im_end|>" in rendered
+    (out,), _ = masking.tokenize_example({"messages": messages}, tok, stop_ids=[0, 2])
+    assert trained_texts(tok, out) == ["Hello.<|endoftext|>"]
 
 
 # --------------------------------------------------------------------------- agreement with TRL
 
 
-def sft_trainer(tokenizer, tmp_path, dataset):
-    """A trl.SFTTrainer on the tiny model; its constructor prepares (tokenizes) `dataset`."""
+def sft_trainer(tokenizer, tmp_path, ds):
+    """A trl.SFTTrainer on the tiny model; its constructor prepares (tokenizes) `ds`."""
     import torch
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     from sftlib import embedded
 
-    model = AutoModelForCausalLM.from_pretrained(
-        embedded.resolve("embedded:tiny-random-llama"), dtype=torch.float32
-    )
+    model = AutoModelForCausalLM.from_pretrained(embedded.resolve(TINY), dtype=torch.float32)
     args = SFTConfig(output_dir=str(tmp_path / "trl"), report_to="none", use_cpu=True, max_length=512)
-    return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    return SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
 
 
 def test_string_prompt_completion_and_text_labels_equal_trl(tokenizer, tmp_path):
-    pc_rows = [
-        row for row in data.load_raw(DatasetConfig(name=str(FIXTURES / "prompt_completion.jsonl")))["train"]
-    ]
+    pc_rows = data.load_raw(DatasetConfig(name=str(FIXTURES / "prompt_completion.jsonl")))["train"]
     pc_rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in pc_rows]
-    ours = masking.prepare(config("prompt_completion.jsonl"), tokenizer).train
+    ours = dataset.prepare(config("prompt_completion.jsonl"), tokenizer).train
     trl_ds = sft_trainer(tokenizer, tmp_path, datasets.Dataset.from_list(pc_rows)).train_dataset
     assert list(ours["input_ids"]) == list(trl_ds["input_ids"])
     assert list(ours["labels"]) == list(trl_ds["labels"])
@@ -196,7 +243,7 @@ def test_string_prompt_completion_and_text_labels_equal_trl(tokenizer, tmp_path)
     text_rows = [
         {"text": r["text"]} for r in data.load_raw(DatasetConfig(name=str(FIXTURES / "text.jsonl")))["train"]
     ]
-    ours = masking.prepare(config("text.jsonl"), tokenizer).train
+    ours = dataset.prepare(config("text.jsonl"), tokenizer).train
     trl_ds = sft_trainer(tokenizer, tmp_path, datasets.Dataset.from_list(text_rows)).train_dataset
     assert list(ours["input_ids"]) == list(trl_ds["input_ids"])
     assert [list(x) for x in ours["labels"]] == [list(x) for x in trl_ds["input_ids"]]
@@ -205,7 +252,7 @@ def test_string_prompt_completion_and_text_labels_equal_trl(tokenizer, tmp_path)
 def test_sft_trainer_keeps_prepared_labels_and_collates_trained_eos_despite_pad_equal_eos(
     tokenizer, tmp_path
 ):
-    ours = masking.prepare(config("messages.jsonl"), tokenizer).train
+    ours = dataset.prepare(config("messages.jsonl"), tokenizer).train
     trainer = sft_trainer(tokenizer, tmp_path, ours)
     assert list(trainer.train_dataset["labels"]) == list(ours["labels"])
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(ours))])
@@ -216,102 +263,279 @@ def test_sft_trainer_keeps_prepared_labels_and_collates_trained_eos_despite_pad_
         assert tokenizer.eos_token_id in batch["labels"][k, :n].tolist()  # ...but each turn's <|im_end|> is
 
 
-def test_mask_agrees_with_generation_markers_of_trl_chatml_training_template(tokenizer):
-    """TRL's qwen2_5_training.jinja marks "\\n" + content + "<|im_end|>" + "\\n" as assistant tokens.
-
-    Ours is that minus the two newlines: the "\\n" ending the `<|im_start|>assistant` header is
-    scaffolding the prompt already fixes, and the "\\n" after `<|im_end|>` is never generated.
-    """
-    tok = copy.deepcopy(tokenizer)
-    tok.chat_template = (TRL_TEMPLATES / "qwen2_5_training.jinja").read_text()
-    newline = tok.convert_tokens_to_ids("Ċ")
-    for messages in (chat("u Hi", "a Hello there."), chat("s Terse.", "u 2+2?", "a 4", "u Times 3?", "a 12")):
-        ours = masking.tokenize_example({"messages": messages}, tok)
-        marked = tok.apply_chat_template(
-            messages, return_assistant_tokens_mask=True, return_dict=True, tokenize=True
-        )
-        assert ours["input_ids"] == marked["input_ids"]
-        ours_mask = [label != -100 for label in ours["labels"]]
-        theirs = [bool(m) for m in marked["assistant_masks"]]
-        assert all(t for o, t in zip(ours_mask, theirs, strict=True) if o)  # ours is inside theirs
-        extra = [k for k, (o, t) in enumerate(zip(ours_mask, theirs, strict=True)) if t and not o]
-        assert all(ours["input_ids"][k] == newline for k in extra)
-        assert len(extra) == 2 * sum(m["role"] == "assistant" for m in messages)
+def test_prompt_completion_boundary_merge_is_counted_and_trained_as_trl_does(tokenizer, tmp_path):
+    # "2+2=" + "4" : BPE merges "=4"? Use a boundary that merges for byte-level BPE: "hel" + "lo".
+    path = tmp_path / "pc.jsonl"
+    path.write_text(
+        json.dumps({"prompt": "Say hel", "completion": "lo there"})
+        + "\n"
+        + json.dumps({"prompt": "Q:\n", "completion": "A"})
+        + "\n"
+    )
+    prepared = dataset.prepare(config(str(path)), tokenizer)
+    assert prepared.report["train"]["boundary_merged"] == 1
+    trl_ds = sft_trainer(
+        tokenizer,
+        tmp_path,
+        datasets.Dataset.from_list(
+            [{"prompt": "Say hel", "completion": "lo there"}, {"prompt": "Q:\n", "completion": "A"}]
+        ),
+    ).train_dataset
+    assert list(prepared.train["labels"]) == list(trl_ds["labels"])
 
 
 # --------------------------------------------------------------------------- templates
 
 
-def test_non_prefix_stable_template_raises(tokenizer):
-    tok = copy.deepcopy(tokenizer)
-    # Renders the final assistant turn differently from earlier ones, so a turn's rendering changes
-    # once another turn follows it.
-    tok.chat_template = (
+def test_template_that_renders_history_differently_is_expanded_one_example_per_turn(tokenizer):
+    # The final assistant turn gets " (final)": a turn's rendering changes once another turn follows it.
+    tok = with_template(
+        tokenizer,
         "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
         "{% if loop.last and m.role == 'assistant' %} (final){% endif %}<|im_end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
     )
-    with pytest.raises(SftlibError, match="not prefix-stable"):
-        masking.tokenize_example({"messages": chat("u a", "a b", "u c", "a d")}, tok)
+    example = {"messages": chat("u a", "a b", "u c", "a d"), "index": 0}
+    examples, _ = masking.tokenize_example(example, tok)
+    assert [e.expanded for e in examples] == [True, True]
+    assert [trained_texts(tok, e) for e in examples] == [["b (final)<|im_end|>"], ["d (final)<|im_end|>"]]
+    assert decode(tok, examples[1].input_ids).startswith(
+        "<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\nb<|im_end|>"
+    )
+    for e in examples:
+        masking.audit(e, example, tok)
+    # Under last_assistant only the last turn is trained, and it sits in place: no expansion.
+    (last,), _ = masking.tokenize_example(example, tok, train_on="last_assistant")
+    assert not last.expanded and trained_texts(tok, last) == ["d (final)<|im_end|>"]
 
 
-def test_template_without_end_of_turn_token_raises(tokenizer):
-    tok = copy.deepcopy(tokenizer)
-    tok.chat_template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
-    with pytest.raises(SftlibError, match="never learn to stop"):
+def test_expansion_is_reported_with_its_token_cost(tokenizer, tmp_path):
+    path = tmp_path / "chats.jsonl"
+    path.write_text(
+        "\n".join(json.dumps({"messages": chat("u a", "a b", "u c", "a d", "u e", "a f")}) for _ in range(3))
+    )
+    cfg = config(str(path), chat_template="qwen3")
+    prepared = dataset.prepare(cfg, modeling.load_tokenizer(cfg.model))
+    rep = prepared.report["train"]
+    assert (rep["rows"], rep["kept"], rep["examples"]) == (3, 3, 9)
+    assert (rep["expanded_conversations"], rep["expanded_examples"]) == (3, 9)
+    assert rep["expansion_extra_tokens_pct"] > 50
+    assert any("3 conversations expanded into 9 examples" in w for w in dataset.warnings("train", rep))
+    assert list(prepared.train["turn"]) == [1, 3, 5] * 3  # the message index of each trained turn
+
+
+def test_template_ending_with_the_answer_gets_eos_appended_and_trained(tokenizer):
+    tok = with_template(
+        tokenizer,
+        "{% for m in messages %}{% if m.role == 'user' %}<|im_start|>{% endif %}{{ m.content }}{% endfor %}"
+        "{% if add_generation_prompt %}<|im_end|>{% endif %}",
+    )
+    # user turns open with <|im_start|>, the answer follows the generation prompt <|im_end|> and nothing ends it
+    (out,), _ = masking.tokenize_example({"messages": chat("u Hi", "a Hello.")}, tok, stop_ids=[1])
+    assert out.appended_eos and out.input_ids[-1] == tok.eos_token_id
+    assert trained_texts(tok, out) == ["Hello.<|im_end|>"]
+
+
+def test_end_of_turn_marker_that_is_not_a_stop_token_is_named(tokenizer):
+    tok = with_template(
+        tokenizer,
+        "{% for m in messages %}{{ m.role }}: {{ m.content }}<|eot_id|>\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}",
+    )
+    with pytest.raises(data.DropExample) as drop:
         masking.tokenize_example({"messages": chat("u a", "a b")}, tok)
+    assert drop.value.reason == "no_stop_token"
+    assert (
+        "<|eot_id|>" in drop.value.detail
+        and "'<|im_end|>'" in drop.value.detail
+        and "model.chat_template" in drop.value.detail
+    )
 
 
 def test_template_that_strips_content_is_still_masked_exactly(tokenizer):
-    tok = copy.deepcopy(tokenizer)
-    tok.chat_template = tokenizer.chat_template.replace("message['content']", "message['content'] | trim")
-    out = masking.tokenize_example({"messages": chat("u Hi", "a  Hello.  ")}, tok)
+    tok = with_template(
+        tokenizer, tokenizer.chat_template.replace("message['content']", "message['content'] | trim")
+    )
+    out = one({"messages": chat("u Hi", "a  Hello.  ")}, tok)
     assert trained_texts(tokenizer, out) == ["Hello.<|im_end|>"]
-    masking.audit(out, {"messages": chat("u Hi", "a  Hello.  ")}, tok)
 
 
-def test_chat_data_with_tokenizer_without_chat_template_raises_with_fix(tokenizer, tmp_path):
-    tok = copy.deepcopy(tokenizer)
-    tok.chat_template = None
+def test_content_starting_with_a_newline_is_trained_from_the_generation_point(tokenizer):
+    # "assistant\n" + "\nHello." : byte-level BPE merges the two newlines; the prompt is tokenized alone.
+    messages = chat("u Hi", "a \nHello.")
+    out = one({"messages": messages}, tokenizer)
+    assert trained_texts(tokenizer, out) == ["\nHello.<|im_end|>"]
+    prompt = tokenizer.apply_chat_template(
+        messages[:1], add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+    first = next(k for k, label in enumerate(out.labels) if label != -100)
+    assert out.input_ids[:first] == prompt["input_ids"]
+
+
+def test_prefill_in_the_generation_prompt_trains_from_where_the_renderings_diverge(tokenizer):
+    # DeepSeek-R1 style: the generation prompt opens "<think>\n", an answered turn has no such prefix.
+    tok = with_template(
+        tokenizer,
+        tokenizer.chat_template.replace(
+            "'<|im_start|>assistant\n' }}", "'<|im_start|>assistant\n<think>\n' }}"
+        ),
+    )
+    messages = chat("u Hi", "a Hello.")
+    assert tok.apply_chat_template(messages[:1], add_generation_prompt=True, tokenize=False).endswith(
+        "<think>\n"
+    )
+    assert trained_texts(tok, one({"messages": messages}, tok)) == ["Hello.<|im_end|>"]
+
+
+def test_chat_template_by_bundled_name_or_file_and_a_clear_error_otherwise(tokenizer, tmp_path):
+    assert modeling.chat_template_text("qwen3") == (TRL_TEMPLATES / "qwen3.jinja").read_text()
+    path = tmp_path / "t.jinja"
+    path.write_text("{{ messages }}")
+    assert modeling.chat_template_text(str(path)) == "{{ messages }}"
     with pytest.raises(SftlibError) as err:
-        masking.prepare(config("messages.jsonl"), tok)
-    assert "no chat template" in err.value.message and "prompt/completion" in err.value.fix
+        modeling.chat_template_text("qwen33")
+    assert "did you mean qwen3" in err.value.fix and "llama3" in err.value.fix
+    tok = modeling.load_tokenizer(ModelConfig(path=TINY, chat_template="llama3"))
+    assert tok.chat_template == (TRL_TEMPLATES / "llama3.jinja").read_text()
+
+
+def test_chat_data_with_tokenizer_without_chat_template_raises_with_fix(tokenizer):
+    tok = with_template(tokenizer, None)
+    with pytest.raises(SftlibError) as err:
+        dataset.prepare(config("messages.jsonl"), tok)
+    assert "no chat template" in err.value.message and "model.chat_template" in err.value.fix
 
 
 def test_audit_rejects_a_wrong_mask(tokenizer):
-    example = {"messages": chat("u Hi", "a Hello.")}
-    out = masking.tokenize_example(example, tokenizer)
-    wrong = {**out, "labels": list(out["input_ids"])}
-    with pytest.raises(SftlibError, match="decode-back audit failed"):
-        masking.audit(wrong, example, tokenizer)
-    shifted = {**out, "labels": [-100] + out["labels"][:-1]}  # trains the "\n" instead of "H"
-    with pytest.raises(SftlibError, match="decode-back audit failed"):
+    example = {"messages": chat("u Hi", "a Hello."), "index": 3}
+    out = one(example, tokenizer)
+    everything = masking.Tokens(out.input_ids, list(out.input_ids), out.turns)
+    with pytest.raises(SftlibError, match="mask audit failed for example 3"):
+        masking.audit(everything, example, tokenizer)
+    shifted = masking.Tokens(out.input_ids, [-100] + out.labels[:-1], out.turns)  # trains "\n" not "H"
+    with pytest.raises(SftlibError, match="does not start where the model's generation starts"):
         masking.audit(shifted, example, tokenizer)
+    no_stop = masking.Tokens(out.input_ids, out.labels[:-2] + [-100, -100], out.turns)
+    with pytest.raises(SftlibError, match="does not end with its first stop token"):
+        masking.audit(no_stop, example, tokenizer)
 
 
 # --------------------------------------------------------------------------- bad input, truncation
 
 
 def test_bad_conversations_are_dropped_with_one_counted_reason_each(tokenizer):
-    prepared = masking.prepare(config("bad_messages.jsonl", max_dropped_fraction=1.0), tokenizer)
+    prepared = dataset.prepare(config("bad_messages.jsonl", max_dropped_fraction=1.0), tokenizer)
     report = prepared.report["train"]
     assert report["dropped"] == {
         "non_string_content": 2,
+        "no_assistant_turn": 2,
         "empty_assistant_turn": 1,
         "unknown_role": 1,
-        "starts_with_assistant": 1,
         "repeated_role": 1,
         "misplaced_system": 1,
-        "no_assistant_turn": 1,
         "empty_conversation": 1,
     }
-    assert (report["rows"], report["kept"], report["trailing_user_turns_trimmed"]) == (11, 2, 1)
+    assert report["drop_first"]["no_assistant_turn"]["index"] == 6  # "I speak first." trimmed: no answer
+    trimmed = report["trailing_user_turns_trimmed"]  # counted over kept rows
+    assert (report["rows"], report["kept"], trimmed) == (11, 2, 1)
     assert list(prepared.train["index"]) == [0, 1]
     assert trained_texts(tokenizer, prepared.train[1]) == ["Yes.<|im_end|>"]  # "Really?" trimmed
 
 
+def test_leading_assistant_turns_are_trimmed_and_counted_not_dropped(tokenizer, tmp_path):
+    path = tmp_path / "sg.jsonl"
+    rows = [
+        {
+            "conversations": [
+                {"from": "gpt", "value": "Hi! How can I help?"},
+                {"from": "human", "value": "Hi"},
+                {"from": "gpt", "value": "Hello."},
+            ]
+        },
+        {
+            "conversations": [
+                {"from": "system", "value": "Terse."},
+                {"from": "gpt", "value": "Yes?"},
+                {"from": "human", "value": "2+2"},
+                {"from": "chatgpt", "value": "4"},
+            ]
+        },
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    prepared = dataset.prepare(config(str(path)), tokenizer)
+    assert prepared.report["train"]["leading_assistant_turns_trimmed"] == 2
+    assert [trained_texts(tokenizer, r) for r in prepared.train] == [["Hello.<|im_end|>"], ["4<|im_end|>"]]
+
+
+def scraped_sharegpt(n: int, seed: int = 0) -> list[dict]:
+    """ShareGPT rows shaped like a scraped dump: ~40% open with the bot, trailing human turns, system
+    prompts, code blocks, emoji, leading newlines, and a few broken rows (empty answers, a null turn,
+    an unknown speaker, two human turns in a row)."""
+    rng = random.Random(seed)
+    contents = [
+        "How do I sort a list in Python?",
+        "```python\nsorted(xs)\n```",
+        "Thanks! 🙏",
+        "\nSure, here it is:",
+        "Translate 'bonjour'.",
+        "Hello.",
+        "It means hello.",
+        "Explain  recursion\tbriefly.",
+        "A function that calls itself.",
+    ]
+    rows = []
+    for _ in range(n):
+        turns = []
+        if rng.random() < 0.1:
+            turns.append({"from": "system", "value": "You are a helpful assistant."})
+        bot_first = rng.random() < 0.4  # a greeting scraped before the first question
+        speakers = ["gpt", "human"] if bot_first else ["human", "gpt"]
+        for k in range(rng.randint(3 if bot_first else 2, 8)):
+            turns.append({"from": speakers[k % 2], "value": rng.choice(contents)})
+        broken = rng.random()
+        if broken < 0.03:
+            turns[-1]["value"] = ""
+        elif broken < 0.05:
+            turns.append({"from": "bard", "value": "?"})
+        elif broken < 0.07:
+            turns.insert(len(turns) - 1, {"from": turns[-2]["from"], "value": "again"})
+        rows.append({"id": f"row{len(rows)}", "conversations": turns})
+    return rows
+
+
+def test_a_scraped_sharegpt_dump_with_assistant_first_rows_keeps_most_conversations(tokenizer, tmp_path):
+    rows = scraped_sharegpt(300)
+    assert 0.3 < sum(r["conversations"][0]["from"] == "gpt" for r in rows) / len(rows) < 0.5
+    path = tmp_path / "dump.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    rep = dataset.prepare(config(str(path)), tokenizer).report["train"]
+    assert rep["kept"] / rep["rows"] >= 0.8, rep
+    assert rep["leading_assistant_turns_trimmed"] > 0.3 * rep["rows"]
+
+
+def test_a_template_error_drops_the_row_named_in_the_report_not_the_dataset(tokenizer, tmp_path):
+    path = tmp_path / "m.jsonl"
+    rows = [{"messages": chat("u Hi", "a Hello.")}] * 9 + [{"messages": chat("s Terse.", "u Hi", "a Hello.")}]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    template = tmp_path / "no_system.jinja"  # as Gemma's: raises on a system message
+    template.write_text(
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+        + tokenizer.chat_template
+    )
+    cfg = config(str(path), chat_template=str(template))
+    no_system = modeling.load_tokenizer(cfg.model)
+    prepared = dataset.prepare(cfg, no_system)
+    rep = prepared.report["train"]
+    assert rep["dropped"] == {"template_error": 1}
+    assert rep["drop_first"]["template_error"]["index"] == 9
+    assert "System role not supported" in rep["drop_first"]["template_error"]["detail"]
+    with pytest.raises(SftlibError) as err:  # over the gate, the error names the row and the message
+        dataset.prepare(config(str(path), chat_template=str(template), max_dropped_fraction=0.05), no_system)
+    assert "template_error 1 (first: row 9: TemplateError: System role not supported" in err.value.message
+
+
 def test_bad_prompt_completions_are_dropped_with_reasons(tokenizer):
-    report = masking.prepare(
+    report = dataset.prepare(
         config("bad_prompt_completion.jsonl", max_dropped_fraction=1.0), tokenizer
     ).report
     assert report["train"]["dropped"] == {"empty_completion": 2, "non_string_content": 1}
@@ -319,15 +543,15 @@ def test_bad_prompt_completions_are_dropped_with_reasons(tokenizer):
 
 def test_too_many_drops_raise_listing_reasons_and_counts(tokenizer):
     with pytest.raises(SftlibError) as err:
-        masking.prepare(config("bad_messages.jsonl"), tokenizer)
-    assert "9 of 11 train examples" in err.value.message
+        dataset.prepare(config("bad_messages.jsonl"), tokenizer)
+    assert "9 of 11 train rows" in err.value.message
     assert "non_string_content 2" in err.value.message and "max_dropped_fraction" in err.value.fix
 
 
 def test_truncation_keeps_the_start_counts_truncated_and_drops_fully_cut_examples(tokenizer):
     # messages.jsonl rows 0 and 2 train from token 37 and 33 on (after the default system prompt);
     # row 1, with its own short system prompt, from token 24.
-    prepared = masking.prepare(
+    prepared = dataset.prepare(
         config("messages.jsonl", max_seq_length=30, max_dropped_fraction=1.0), tokenizer
     )
     report = prepared.report["train"]
@@ -335,32 +559,19 @@ def test_truncation_keeps_the_start_counts_truncated_and_drops_fully_cut_example
     assert report["truncated"] == 1 and report["kept"] == 1
     row = prepared.train[0]
     assert len(row["input_ids"]) == 30 and row["truncated"] and row["index"] == 1
-    full = masking.tokenize_example(
-        data.normalize(
-            data.load_raw(DatasetConfig(name=str(FIXTURES / "messages.jsonl")))["train"], "messages"
-        )[row["index"]],
-        tokenizer,
+    norm = data.normalize(
+        data.load_raw(DatasetConfig(name=str(FIXTURES / "messages.jsonl")))["train"], "messages"
     )
-    assert row["input_ids"] == full["input_ids"][:30] and row["labels"] == full["labels"][:30]
+    (full,), _ = masking.tokenize_example(norm[row["index"]], tokenizer)
+    assert row["input_ids"] == full.input_ids[:30] and row["labels"] == full.labels[:30]
+    assert row["untruncated_tokens"] == len(full.input_ids)
 
 
 def test_truncation_drops_are_guarded_by_max_dropped_fraction(tokenizer):
     with pytest.raises(SftlibError) as err:
-        masking.prepare(config("messages.jsonl", max_seq_length=30), tokenizer)
+        dataset.prepare(config("messages.jsonl", max_seq_length=30), tokenizer)
     assert "all_trained_tokens_truncated 2" in err.value.message
     assert "max_seq_length" in err.value.fix
-
-
-def test_straddling_token_is_dropped_not_mislabelled(tokenizer):
-    # "\n" ending the header and the content's leading "\n" merge into one token in some tokenizers;
-    # whatever this one does, the example is either masked exactly (audit) or dropped with a reason.
-    example = {"messages": chat("u Hi", "a \nHello.")}
-    try:
-        out = masking.tokenize_example(example, tokenizer)
-    except masking.DropExample as drop:
-        assert drop.reason == "token_straddles_turn_boundary"
-    else:
-        masking.audit(out, example, tokenizer)
 
 
 # --------------------------------------------------------------------------- caching, display
@@ -369,14 +580,14 @@ def test_straddling_token_is_dropped_not_mislabelled(tokenizer):
 def test_second_prepare_hits_the_cache_and_tokenizes_nothing(tokenizer, tmp_path, monkeypatch):
     path = tmp_path / "messages.jsonl"
     path.write_text((FIXTURES / "messages.jsonl").read_text())
-    first = masking.prepare(config(str(path)), tokenizer)
+    first = dataset.prepare(config(str(path)), tokenizer)
     files = sorted(p.name for p in Path(datasets.config.HF_DATASETS_CACHE).rglob("*.arrow"))
 
     def no_tokenization(*args, **kwargs):
         raise AssertionError("tokenized again: the cache was missed")
 
     monkeypatch.setattr(masking, "tokenize_example", no_tokenization)
-    second = masking.prepare(config(str(path)), tokenizer)
+    second = dataset.prepare(config(str(path)), tokenizer)
     assert second.train.cache_files == first.train.cache_files
     assert sorted(p.name for p in Path(datasets.config.HF_DATASETS_CACHE).rglob("*.arrow")) == files
     assert second.report == first.report  # drop reasons and counts survive caching
@@ -385,12 +596,12 @@ def test_second_prepare_hits_the_cache_and_tokenizes_nothing(tokenizer, tmp_path
 def test_a_change_to_the_masking_code_misses_the_cache(tokenizer, tmp_path, monkeypatch):
     path = tmp_path / "messages.jsonl"
     path.write_text((FIXTURES / "messages.jsonl").read_text())
-    masking.prepare(config(str(path)), tokenizer)
+    dataset.prepare(config(str(path)), tokenizer)
     calls = []
     real = masking.tokenize_example
     monkeypatch.setattr(masking, "tokenize_example", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setattr(data, "code_version", lambda: "edited")
-    masking.prepare(config(str(path)), tokenizer)
+    dataset.prepare(config(str(path)), tokenizer)
     assert len(calls) == 3
 
 
@@ -398,21 +609,19 @@ def test_drop_reasons_survive_caching(tokenizer, tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text((FIXTURES / "bad_messages.jsonl").read_text())
     reports = [
-        masking.prepare(config(str(path), max_dropped_fraction=1.0), tokenizer).report for _ in range(2)
+        dataset.prepare(config(str(path), max_dropped_fraction=1.0), tokenizer).report for _ in range(2)
     ]
     assert reports[0] == reports[1] and reports[0]["train"]["dropped"]
 
 
 def test_token_view_and_report_show_what_is_trained(tokenizer, tmp_path):
-    prepared = masking.prepare(config("messages.jsonl"), tokenizer)
+    prepared = dataset.prepare(config("messages.jsonl"), tokenizer)
     row = prepared.train[0]
-    view = masking.token_view(row["input_ids"], row["labels"], tokenizer)
+    view = views.token_view(row["input_ids"], row["labels"], tokenizer)
     assert ("<|im_end|>", True, True) in view and ("<|im_start|>", False, True) in view
-    assert "[[Paris.<|im_end|>]]" in masking.render_view(view)
-    assert "\033[42mParis.<|im_end|>\033[0m" in masking.render_view(view, "ansi")
-    assert '<span style="background:#c8f7c5">&lt;|im_end|&gt;</span>' in masking.render_view(view, "html")
-    assert "[[Paris.<|im_end|>]]" in masking.format_report(prepared, config("messages.jsonl"), tokenizer)
-    n = masking.write_masks_jsonl(prepared.train, tokenizer, tmp_path / "m.jsonl", with_text=True)
+    assert "[[Paris.<|im_end|>]]" in views.render_view(view)
+    assert "[[Paris.<|im_end|>]]" in views.format_report(prepared, config("messages.jsonl"), tokenizer)
+    n = views.write_masks_jsonl(prepared.train, tokenizer, tmp_path / "m.jsonl", with_text=True)
     assert (
         n == 3 and '"trained": ["Paris.<|im_end|>", "Rome.<|im_end|>"]' in (tmp_path / "m.jsonl").read_text()
     )
@@ -421,6 +630,6 @@ def test_token_view_and_report_show_what_is_trained(tokenizer, tmp_path):
 def test_save_to_disk_dataset_prepares_with_eval_split(tokenizer, tmp_path):
     ds = data.load_raw(DatasetConfig(name=str(FIXTURES / "sharegpt.jsonl")))["train"].remove_columns("index")
     datasets.DatasetDict({"train": ds, "test": ds.select([1])}).save_to_disk(str(tmp_path / "saved"))
-    prepared = masking.prepare(config(str(tmp_path / "saved"), eval_split="test"), tokenizer)
+    prepared = dataset.prepare(config(str(tmp_path / "saved"), eval_split="test"), tokenizer)
     assert (len(prepared.train), len(prepared.eval)) == (2, 1)
     assert prepared.eval[0]["index"] == 0

@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from sftlib import cli, notebook, pipeline
+from sftlib import cli, notebook, pipeline, shipped
 from sftlib.errors import SftlibError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,24 +100,62 @@ def test_every_step_is_explained_in_markdown(path):
 
 
 def test_go_to_project_root_from_the_notebooks_folder(monkeypatch):
+    monkeypatch.delenv(notebook.HEADLESS_ENV, raising=False)
     monkeypatch.chdir(ROOT / "notebooks")
     assert notebook.go_to_project_root() == ROOT
     assert Path.cwd() == ROOT
 
 
-def test_masking_view_colours_each_token_state_and_shows_whitespace(tokenizer):
-    from datasets import Dataset
+def test_under_the_pipeline_the_notebook_stays_in_the_users_working_directory(monkeypatch):
+    # the pipeline starts kernels where the user ran it: their config's relative paths mean that folder,
+    # even when that folder lies inside a checkout
+    monkeypatch.setenv(notebook.HEADLESS_ENV, "1")
+    monkeypatch.chdir(ROOT / "notebooks")
+    assert notebook.go_to_project_root() == ROOT / "notebooks"
+    assert Path.cwd() == ROOT / "notebooks"
 
-    from sftlib import masking
 
-    messages = [{"role": "user", "content": "5 Mar 2021"}, {"role": "assistant", "content": "2021-03-05"}]
-    tokens = masking.tokenize_example({"messages": messages}, tokenizer)
-    n_trained = sum(label != masking.IGNORE for label in tokens["labels"])
-    row = {"index": 7, "num_tokens": len(tokens["input_ids"]), "num_trained_tokens": n_trained, **tokens}
-    page = notebook.masking_view_html(Dataset.from_list([row]), tokenizer, 1)
-    for label, colour in notebook.TOKEN_STATES.values():
-        assert label in page and colour in page
-    assert "↵<br>" in page and "&lt;|im_end|&gt;" in page and f"row 7: {n_trained} of" in page
+def test_the_pipeline_discovers_the_shipped_suite_and_names_no_notebook():
+    import inspect
+
+    assert pipeline.notebooks() == NOTEBOOKS and shipped.notebooks_dir() == ROOT / "notebooks"
+    assert not re.search(r"\d\d_[a-z]", inspect.getsource(pipeline))
+
+
+def test_each_notebook_declares_what_it_lifts_into_the_summary():
+    lifted = pipeline.summary_keys(NOTEBOOKS)
+    assert lifted["03_train"] == ["world_size", "loss_history"]
+    assert lifted["05_load_and_generate"] == ["base", "tuned", "eval_examples"]
+    assert lifted["01_explore_dataset"] == []
+
+
+def test_two_notebooks_lifting_the_same_key_are_refused(tmp_path):
+    for name in ("01_a", "02_b"):
+        nb = nbformat.v4.new_notebook(metadata={"sftlib": {"summary": ["score"]}})
+        nbformat.write(nb, tmp_path / f"{name}.ipynb")
+    with pytest.raises(SftlibError, match="notebooks 01_a and 02_b both lift 'score'"):
+        pipeline.summary_keys(pipeline.notebooks(suite=tmp_path))
+
+
+def test_html_export_keeps_each_pictures_alt_text_and_still_warns_for_one_without(tmp_path, caplog):
+    from IPython.display import Image
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1, 1))
+    fig.add_subplot().plot([0, 1])
+    picture = notebook.save_figure(fig, tmp_path / "loss_curve.png")
+    data, metadata = picture._repr_mimebundle_()
+    bare, _ = Image(filename=str(tmp_path / "loss_curve.png"))._repr_mimebundle_()
+    outputs = [
+        nbformat.v4.new_output("display_data", data=data, metadata=metadata),
+        nbformat.v4.new_output("display_data", data=bare),
+    ]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=outputs)]), path)
+    with caplog.at_level("WARNING"):
+        page = pipeline.export_to_html(path).read_text()
+    assert '<img alt="loss curve" ' in page
+    assert "Alternative text is missing on 1 image(s)" in caplog.text  # the picture without alt text
 
 
 # --------------------------------------------------------------------------- -p validation (no kernel)
@@ -149,27 +187,6 @@ def test_parameters_are_typed_by_each_notebooks_declaration():
     assert pipeline.parse_value("OVERRIDES", "[a=1, b=2]", "list", "01") == ["a=1", "b=2"]
 
 
-def test_merge_step_passes_a_full_fine_tune_with_nothing_to_merge(tmp_path):
-    from sftlib.config import load_config
-
-    cfg = load_config(ROOT / "configs/tiny.yaml", ["model.use_lora=false", f"training.output_dir={tmp_path}"])
-    result = notebook.verify_merge(cfg, "float32")
-    assert result["merged"] is False and "nothing to merge" in notebook.merge_summary(result)
-    assert not list(tmp_path.iterdir())
-
-
-def test_merge_tolerance_allows_float_reordering_but_not_a_wrong_merge():
-    # fp32 noise measured on an H200 (SmolLM2-shaped model, random weights): 9.9e-5 on logits of ~6
-    assert notebook.merge_tolerance("float32", max_abs_logit=6.12, adapter_effect=0.5) >= 9.94e-5
-    # ... and on this CPU with the real model: 1.1e-4 on logits of ~30
-    assert notebook.merge_tolerance("float32", max_abs_logit=30.0, adapter_effect=0.0) >= 1.1e-4
-    # an adapter left out of the merge differs by its whole effect; a scale off by 10% by a tenth of it
-    for effect in (0.05, 1.0, 8.0):
-        assert effect > notebook.merge_tolerance("float32", 30.0, effect)
-        assert 0.1 * effect > notebook.merge_tolerance("float32", 6.0, effect)
-    assert notebook.merge_tolerance("bfloat16", 6.0, 1.0) < 0.2
-
-
 def test_only_selects_notebooks_by_prefix():
     assert [p.stem for p in pipeline.notebooks(["03", "05"])] == ["03_train", "05_load_and_generate"]
 
@@ -194,7 +211,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     """One full run of all five notebooks, through `sftlib demo` on the tiny model (which calls the same
-    run_pipeline as `sftlib pipeline`). One run serves every end-to-end assertion: each costs minutes."""
+    run_pipeline as `sftlib pipeline`). One run serves every end-to-end assertion: each costs minutes.
+    Returns (out, stdout, stderr)."""
     tmp = tmp_path_factory.mktemp("demo")
     out = tmp / "demo"
     proc = run_cli(
@@ -210,12 +228,12 @@ def demo_run(tmp_path_factory):
         "8",
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return out, proc.stdout
+    return out, proc.stdout, proc.stderr
 
 
 @pytest.mark.slow
 def test_pipeline_runs_every_notebook_and_records_each_result(demo_run):
-    out, _ = demo_run
+    out, _, _ = demo_run
     for name in NAMES:
         executed = nbformat.read(out / f"{name}.ipynb", as_version=4)
         assert all(c.execution_count for c in executed.cells if c.cell_type == "code")
@@ -224,13 +242,13 @@ def test_pipeline_runs_every_notebook_and_records_each_result(demo_run):
     explored = json.loads((out / "01_explore_dataset.json").read_text())
     assert explored["format"] == "messages" and explored["report"]["train"]["rows"] == 32
     masks = json.loads((out / "02_verify_masking.json").read_text())
-    assert masks["audited"] == {"train": 32, "eval": 8}
-    assert masks["invariants"]["train"]["trained_tokens"] > 0
+    assert (masks["report"]["train"]["kept"], masks["report"]["eval"]["kept"]) == (32, 8)
+    assert masks["report"]["train"]["trained_tokens"] > 0 and masks["stop_tokens"] == ["<|im_end|>"]
     trained = json.loads((out / "03_train.json").read_text())
     assert trained["world_size"] == 1 and trained["global_step"] == 4
     assert len(trained["loss_history"]["train"]) == 4
     merged = json.loads((out / "04_merge.json").read_text())
-    assert merged["merged"] and merged["max_logit_difference"] <= merged["tolerance"]
+    assert merged["merged_dir"] and merged["max_logit_difference"] <= merged["tolerance"]
     assert merged["adapter_mb"] < merged["merged_mb"]
     generated = json.loads((out / "05_load_and_generate.json").read_text())
     assert generated["eval_examples"] == 8 and generated["base"]["n"] == generated["tuned"]["n"] == 8
@@ -242,7 +260,7 @@ def test_pipeline_runs_every_notebook_and_records_each_result(demo_run):
 
 @pytest.mark.slow
 def test_summary_merges_what_each_notebook_recorded(demo_run):
-    out, _ = demo_run
+    out, _, _ = demo_run
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["notebooks"]) == NAMES
     for name in NAMES:
@@ -258,7 +276,7 @@ def test_summary_merges_what_each_notebook_recorded(demo_run):
 
 @pytest.mark.slow
 def test_demo_trains_into_out_and_says_where_everything_is(demo_run):
-    out, printed = demo_run
+    out, printed, _ = demo_run
     assert (out / "model" / "lora_weights" / "adapter_config.json").is_file()
     assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "tokenizer.json").is_file()
     assert f"merged model: {out / 'model'}" in printed and "loss_curve.png" in printed
@@ -267,7 +285,7 @@ def test_demo_trains_into_out_and_says_where_everything_is(demo_run):
 
 @pytest.mark.slow
 def test_executed_notebooks_embed_their_pictures(demo_run):
-    out, _ = demo_run
+    out, _, _ = demo_run
     for name in ("01_explore_dataset", "02_verify_masking", "03_train", "05_load_and_generate"):
         cells = nbformat.read(out / f"{name}.ipynb", as_version=4).cells
         pngs = [
@@ -275,6 +293,24 @@ def test_executed_notebooks_embed_their_pictures(demo_run):
         ]
         assert pngs, name
     assert "trained special token" in (out / "02_verify_masking.html").read_text()
+
+
+@pytest.mark.slow
+def test_a_run_prints_only_progress_and_results(demo_run):
+    out, printed, errors = demo_run
+    lines = [line for line in errors.replace("\r", "\n").splitlines() if line.strip()]
+    assert [line for line in lines if line.startswith("[")] == [
+        f"[{i}/5] {name}" for i, name in enumerate(NAMES, 1)
+    ]
+    noise = ("gemm_4bit_forward", "kernels-community", "without encryption", "Alternative text is missing")
+    for text in noise:
+        assert text not in printed and text not in errors, text
+    for name in NAMES:  # nor red in the notebooks themselves
+        cells = nbformat.read(out / f"{name}.ipynb", as_version=4).cells
+        stderr = "".join(
+            o.get("text", "") for c in cells for o in c.get("outputs", []) if o.get("name") == "stderr"
+        )
+        assert not any(text in stderr for text in noise), (name, stderr[:500])
 
 
 @pytest.mark.slow
@@ -305,7 +341,7 @@ def test_a_failing_cell_stops_the_pipeline_with_one_error_naming_notebook_and_ce
         )
         nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Python 3"}
         nbformat.write(nb, suite / f"{name}.ipynb")
-    monkeypatch.setattr(pipeline, "NOTEBOOKS_DIR", suite)
+    monkeypatch.setattr(shipped, "notebooks_dir", lambda: suite)
     out = tmp_path / "run"
     code = cli.main(["pipeline", "--config", "configs/tiny.yaml", "--out", str(out)])
     error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
@@ -313,6 +349,24 @@ def test_a_failing_cell_stops_the_pipeline_with_one_error_naming_notebook_and_ce
     assert "notebook 01_fails failed in cell [2] (x = 1 ...): ValueError: boom on two lines" in error[0]
     assert (out / "01_fails.ipynb").is_file() and not (out / "02_never.ipynb").exists()
     assert json.loads((out / "summary.json").read_text())["failed"]["notebook"] == "01_fails"
+
+
+@pytest.mark.slow
+def test_a_notebook_that_does_not_record_what_it_lifts_stops_the_pipeline(tmp_path, monkeypatch):
+    suite = tmp_path / "notebooks"
+    suite.mkdir()
+    params = nbformat.v4.new_code_cell(
+        'RUN_DIR: str = ""  # where the record goes', metadata={"tags": ["parameters"]}
+    )
+    record = nbformat.v4.new_code_cell(
+        'import pathlib\npathlib.Path(RUN_DIR, "01_scores.json").write_text("{}")'
+    )
+    nb = nbformat.v4.new_notebook(cells=[params, record], metadata={"sftlib": {"summary": ["score"]}})
+    nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Python 3"}
+    nbformat.write(nb, suite / "01_scores.ipynb")
+    monkeypatch.setattr(shipped, "notebooks_dir", lambda: suite)
+    with pytest.raises(SftlibError, match="01_scores lifts 'score' into summary.json.*has no 'score'"):
+        pipeline.run_pipeline(ROOT / "configs/tiny.yaml", tmp_path / "run", progress=False, export_html=False)
 
 
 def test_missing_html_templates_name_the_fix(tmp_path, monkeypatch):

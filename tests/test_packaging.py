@@ -1,9 +1,13 @@
-"""Packaging: pyproject and environment.yml agree; both entry points exist."""
+"""Packaging: pyproject and environment.yml agree; both entry points exist; the notebooks and configs
+ship inside the package, and an installed wheel runs from any folder."""
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import tomllib
 import yaml
 
@@ -46,3 +50,131 @@ def test_bad_config_key_fails_in_one_error_line_without_traceback(tmp_path):
     assert last.startswith("error: unknown config key `training.learning_rat`")
     assert "learning_rate" in last
     assert "Traceback" not in out.stderr
+
+
+# --------------------------------------------------------------------------- notebooks and configs ship
+
+
+def shipped_files() -> list[Path]:
+    """Every file under notebooks/ and configs/ that a user of an installed sftlib needs."""
+    skip = ("__pycache__", ".ipynb_checkpoints")
+    return sorted(
+        p
+        for folder in ("notebooks", "configs")
+        for p in (ROOT / folder).rglob("*")
+        if p.is_file() and not any(part in skip for part in p.parts) and p.suffix != ".pyc"
+    )
+
+
+def test_every_notebook_and_config_is_package_data():
+    from fnmatch import fnmatch
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    roots = {folder: package for package, folder in setuptools["package-dir"].items()}
+    for path in shipped_files():
+        rel = path.relative_to(ROOT)
+        package = ".".join([roots[rel.parts[0]], *rel.parts[1:-1]])
+        assert package in setuptools["packages"], f"{rel}: add {package} to [tool.setuptools] packages"
+        globs = setuptools["package-data"].get(package, []) + ["__init__.py"]
+        assert any(fnmatch(rel.name, g) for g in globs), f"{rel}: no package-data glob of {package} matches"
+
+
+def test_an_editable_install_finds_the_checkouts_notebooks_and_configs_from_any_folder(tmp_path):
+    code = "from sftlib import shipped; print(shipped.notebooks_dir()); print(shipped.config('demo.yaml'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(ROOT / "notebooks"), str(ROOT / "configs/demo.yaml")]
+
+
+@pytest.fixture(scope="module")
+def wheel_venv(tmp_path_factory):
+    """A fresh venv holding sftlib from a wheel (built from a copy of the sources), whose dependencies
+    are those of this environment: a .pth file adds this venv's site-packages after its own. Nothing
+    is downloaded. Its nbconvert templates are data files of this environment too (JUPYTER_PATH)."""
+    import shutil
+    import sysconfig
+    import venv
+
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
+    for name in ("sftlib", "notebooks", "configs"):
+        shutil.copytree(ROOT / name, src / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
+    built = subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(tmp / "dist"), str(src)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-3000:]
+    (wheel,) = (tmp / "dist").glob("sftlib-*.whl")
+
+    env_dir = tmp / "venv"
+    venv.create(env_dir, with_pip=False)
+    python = env_dir / "bin" / "python"
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    (Path(site) / "project-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    installed = subprocess.run(
+        [*pip, "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    env = {**os.environ, "JUPYTER_PATH": str(Path(sys.prefix) / "share" / "jupyter")}
+    env.pop("PYTHONPATH", None)
+    return {"bin": env_dir / "bin", "site": Path(site), "wheel": wheel, "env": env}
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_every_notebook_and_config(wheel_venv):
+    import zipfile
+
+    names = set(zipfile.ZipFile(wheel_venv["wheel"]).namelist())
+    for path in shipped_files():
+        rel = path.relative_to(ROOT)
+        assert f"sftlib/{rel}" in names, rel
+
+
+@pytest.mark.slow
+def test_the_installed_wheel_runs_the_demo_help_and_a_pipeline_from_another_folder(wheel_venv, tmp_path):
+    from sftlib import demo
+
+    env, bin_dir = wheel_venv["env"], wheel_venv["bin"]
+    where = subprocess.run(
+        [bin_dir / "python", "-c", "import sftlib, sftlib.shipped as s; print(sftlib.__file__); print(s.config('data/iso_dates'))"],
+        capture_output=True, text=True, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert where.returncode == 0, where.stderr
+    module, data = (Path(line) for line in where.stdout.split())
+    assert module.is_relative_to(wheel_venv["site"]) and (data / "train.jsonl").is_file()
+    assert data.is_relative_to(wheel_venv["site"])  # the wheel's copy, not this checkout's
+
+    helped = subprocess.run(
+        [bin_dir / "sftlib", "demo", "--help"], capture_output=True, text=True, cwd=tmp_path, env=env
+    )
+    assert helped.returncode == 0 and "configs/demo.yaml as shipped with sftlib" in " ".join(
+        helped.stdout.split()
+    )
+
+    # A user's own folder: their config and data, with paths relative to it.
+    demo.write_demo_dataset(tmp_path / "data", n_train=16, n_eval=4)
+    config = (ROOT / "configs/tiny.yaml").read_text()
+    config = config.replace("name: configs/data/iso_dates", "name: data").replace(
+        "output_dir: runs/tiny", "output_dir: runs/model"
+    )
+    (tmp_path / "my.yaml").write_text(config)
+    cmd = [bin_dir / "sftlib", "pipeline", "--config", "my.yaml", "--out", "runs/suite", "--only", "01", "03"]
+    ran = subprocess.run(
+        [*cmd, "--set", "training.max_steps=2"], capture_output=True, text=True, cwd=tmp_path, env=env
+    )
+    assert ran.returncode == 0, ran.stderr[-4000:]
+    assert "done: 2 notebooks" in ran.stdout
+    summary = json.loads((tmp_path / "runs/suite/summary.json").read_text())
+    assert list(summary["notebooks"]) == ["01_explore_dataset", "03_train"]
+    assert summary["notebooks"]["01_explore_dataset"]["results"]["report"]["train"]["rows"] == 16
+    info = json.loads((tmp_path / "runs/model/run_info.json").read_text())  # output_dir relative to here
+    assert info["global_step"] == 2 and summary["world_size"] == 1

@@ -1,11 +1,11 @@
-"""Figures are built headless and saved as PNGs; HTML views escape text and carry a legend."""
+"""Figures are built headless and saved as PNGs; HTML views (sftlib.views) escape text and carry one legend."""
 
 import html
 
 import pytest
 from matplotlib.figure import Figure
 
-from sftlib import plots
+from sftlib import plots, views
 from sftlib.errors import SftlibError
 
 LOG_HISTORY = [
@@ -42,15 +42,22 @@ def test_loss_curve_without_eval_or_any_loss():
     assert plots.loss_curve([]).axes[0].get_lines() == []
 
 
-def test_length_histograms_mark_max_seq_length(tmp_path):
+def test_length_histograms_mark_max_seq_length_where_it_is_in_view(tmp_path):
     fig = plots.length_histograms(
-        [10, 20, 30], [5, 600], max_seq_length=512, path=tmp_path / "sub" / "len.png"
+        [10, 20, 480], [5, 600], max_seq_length=512, path=tmp_path / "sub" / "len.png"
     )
     assert _is_png(tmp_path / "sub" / "len.png")
     assert len(fig.axes) == 2
     for ax in fig.axes:
         assert any(list(line.get_xdata()) == [512, 512] for line in ax.get_lines())
     assert "1 over the limit" in fig.axes[1].get_title()
+
+
+def test_length_histograms_zoom_to_short_data_and_name_the_limit():
+    fig = plots.length_histograms([10, 20, 30], [5, 8], max_seq_length=512)
+    for ax, top in zip(fig.axes, (30, 8), strict=True):
+        assert ax.get_xlim()[1] < 2 * top  # the bars fill the plot
+        assert not ax.get_lines() and "limit 512 off to the right" in ax.get_title()
 
 
 def test_trained_fraction_histogram(tmp_path):
@@ -64,28 +71,38 @@ def test_before_after_table_marks_correct_answers(tmp_path):
     texts = [cell.get_text().get_text() for cell in fig.axes[0].tables[0].get_celld().values()]
     assert "✓ 2021-03-05" in texts and "✗ Sure! & more" in texts
     assert "✓ 2021-03-05↵ " in texts  # an answer right after .strip() counts as right
-    assert plots.before_after_table([]) is not None
+    assert "✗ 2021-05-03" in texts
+
+
+def test_before_after_without_references_marks_nothing():
+    unscored = [{**row, "reference": None} for row in ROWS]
+    fig = plots.before_after_table(unscored)
+    texts = [cell.get_text().get_text() for cell in fig.axes[0].tables[0].get_celld().values()]
+    assert "reference" not in texts and not any(t.startswith(("✓", "✗")) for t in texts)
+    assert "✓" not in views.before_after_html(unscored) and "reference" not in views.before_after_html(
+        unscored
+    )
 
 
 def test_before_after_html_escapes_text():
-    out = plots.before_after_html(ROWS)
+    out = views.before_after_html(ROWS)
     assert "&lt;b&gt;5 Mar 2021&lt;/b&gt;" in out and "<b>" not in out
     assert "Sure! &amp; more" in out
     assert out.count("✓") == 2 and out.count("✗") == 2
 
 
-def test_token_view_html_shows_special_tokens_whitespace_and_a_legend():
+def test_token_html_shows_special_tokens_whitespace_and_a_legend():
     tokens = [("<|im_start|>", 0), ("user", 0), ("\n", 0), ("a<b", 0), (" 2021", 1), ("<|im_end|>", 1)]
-    out = plots.token_view_html(tokens)
+    out = views.legend_html() + views.tokens_html(tokens)
     assert "&lt;|im_end|&gt;" in out and "<|im_end|>" not in out
     assert "a&lt;b" in out
     assert "·2021" in out
     assert "↵<br>" in out
-    assert "Legend" in out
-    for label, colour in plots.TOKEN_STATES.values():
+    assert out.count("Legend") == 1
+    for label, colour in views.TOKEN_STATES.values():
         assert html.escape(label) in out and colour in out
 
 
 def test_token_view_html_refuses_unknown_states():
     with pytest.raises(SftlibError, match=r"states \[7\]"):
-        plots.token_view_html([("x", 7)])
+        views.tokens_html([("x", 7)])

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sftlib import embedded, generate, modeling
-from sftlib.config import load_config
+from sftlib import embedded, merge, modeling
+from sftlib.config import ModelConfig, load_config
 from sftlib.errors import SftlibError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,8 +58,12 @@ def test_remote_code_is_not_trusted_unless_the_config_says_so(tmp_path, from_pre
 def test_models_are_loaded_from_safetensors_only(tmp_path, from_pretrained_calls):
     with pytest.raises(SftlibError):
         modeling.load_model(tiny_config(tmp_path).model)
-    with pytest.raises(OSError):
-        generate.load_for_generation(embedded.resolve("embedded:tiny-random-llama"))
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    with pytest.raises(SftlibError):  # merging, like generation, loads through modeling.load_model
+        merge.load_base_with_adapter(
+            ModelConfig(path=embedded.resolve("embedded:tiny-random-llama")), tmp_path / "adapter"
+        )
     models = [kwargs for kind, kwargs in from_pretrained_calls if kind == "model"]
     assert len(models) == 2
     assert all(kwargs["use_safetensors"] is True for kwargs in models)

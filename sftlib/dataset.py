@@ -1,0 +1,368 @@
+"""The training set: every configured split loaded, masked, audited, truncated, counted and checked.
+
+`prepare` is the one pass over the data that training, `sftlib check`, `sftlib masks` and the
+notebooks share. It tokenizes each row once (sftlib.masking), keeps the token counts as columns
+(`untruncated_tokens`, `untruncated_trained_tokens`: what plots and reports need, without a second
+tokenization), and applies the drop policy: every dropped row is counted under a reason with its
+first row and message, and a split that loses more than `dataset.max_dropped_fraction` of its rows
+stops the run. Results are cached by datasets: a second run on the same data, tokenizer and
+settings tokenizes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter
+
+import numpy as np
+from datasets import Dataset, Features, List, Value
+
+from sftlib import data, masking
+from sftlib.config import RunConfig
+from sftlib.data import DROP_REASONS, DropExample
+from sftlib.errors import SftlibError
+
+logger = logging.getLogger("sftlib")
+
+IGNORE = masking.IGNORE
+
+TOKENIZED = Features(
+    {
+        "index": Value("int64"),  # the row in the source split
+        "turn": Value("int64"),  # expanded conversations: the trained assistant message; else -1
+        "input_ids": List(Value("int64")),
+        "labels": List(Value("int64")),
+        "num_tokens": Value("int64"),
+        "num_trained_tokens": Value("int64"),
+        "untruncated_tokens": Value("int64"),
+        "untruncated_trained_tokens": Value("int64"),
+        "truncated": Value("bool"),
+        "expanded": Value("bool"),
+        "appended_eos": Value("bool"),
+        "boundary_merged": Value("bool"),
+        "leading_trimmed": Value("int64"),
+        "trailing_trimmed": Value("int64"),
+        "drop_reason": Value("string"),
+        "drop_detail": Value("string"),
+    }
+)
+BOOKKEEPING = (
+    "appended_eos",
+    "boundary_merged",
+    "leading_trimmed",
+    "trailing_trimmed",
+    "drop_reason",
+    "drop_detail",
+)
+
+
+@dataclasses.dataclass
+class Prepared:
+    """Tokenized splits: the columns of TOKENIZED less BOOKKEEPING, one row per training example."""
+
+    train: Dataset | None
+    eval: Dataset | None
+    format: str
+    format_reason: str
+    report: dict  # per split: see split_report
+
+
+def prepare(
+    cfg: RunConfig, tokenizer, splits=("train", "eval"), limit: int | None = None, stop_ids=None
+) -> Prepared:
+    """Load, normalize, mask, audit, truncate and check the configured splits.
+
+    `limit` keeps the first rows of each split (previews). `stop_ids` defaults to the model's stop
+    tokens (`modeling.stop_token_ids`). Raises SftlibError when a split loses more than
+    dataset.max_dropped_fraction of its rows.
+    """
+    from sftlib import modeling
+
+    ds_cfg = cfg.dataset
+    stop_ids = sorted(stop_ids if stop_ids is not None else modeling.stop_token_ids(cfg.model, tokenizer))
+    raw = data.load_raw(ds_cfg, seed=cfg.seed)
+    fmt, reason = data.resolve_format(raw["train"], ds_cfg.format)
+    logger.info("dataset format: %s (%s)", fmt, reason)
+    num_proc = cfg.dataset_num_proc
+    out, report = {}, {}
+    for split in splits:
+        if split not in raw:
+            continue
+        ds = raw[split] if limit is None else raw[split].select(range(min(limit, len(raw[split]))))
+        if len(ds) == 0:
+            raise SftlibError(f"the {split} split of {ds_cfg.name!r} has no rows.")
+        norm = data.normalize(ds, fmt, num_proc=num_proc)
+        if data.is_chat(norm[0]):
+            require_chat_template(tokenizer)
+        tokenized = norm.map(
+            _prepare_rows,
+            batched=True,
+            batch_size=256,
+            fn_kwargs={
+                "tokenizer": tokenizer,
+                "stop_ids": stop_ids,
+                "train_on": ds_cfg.train_on,
+                "max_length": cfg.model.max_seq_length,
+                "code_version": data.code_version(),
+            },
+            remove_columns=norm.column_names,
+            features=TOKENIZED,
+            num_proc=num_proc,
+            desc=f"Masking {split}",
+        )
+        report[split] = split_report(tokenized)
+        for line in warnings(split, report[split]):
+            logger.warning("%s", line)
+        check_dropped(split, report[split], ds_cfg.max_dropped_fraction)
+        kept = tokenized.filter(
+            _is_kept, input_columns="drop_reason", num_proc=num_proc, desc=f"Dropping bad {split} rows"
+        )
+        kept = kept.remove_columns(list(BOOKKEEPING))
+        report[split]["trained_tokens"] = check_invariants(kept, tokenizer)["trained_tokens"]
+        logger.info("%s: %s", split, summary_line(report[split]))
+        out[split] = kept
+    return Prepared(out.get("train"), out.get("eval"), fmt, reason, report)
+
+
+def require_chat_template(tokenizer) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise SftlibError(
+            "the dataset is a conversation, but the tokenizer has no chat template to render it.",
+            "set model.chat_template (a .jinja file, or a template TRL bundles such as qwen2_5 (ChatML) or llama3), "
+            "or give the data as prompt/completion strings or text (dataset.format, dataset.columns).",
+        )
+
+
+def _is_kept(drop_reason) -> bool:
+    return drop_reason is None
+
+
+def _prepare_rows(
+    batch: dict, tokenizer, stop_ids, train_on: str, max_length: int, code_version: str
+) -> dict:
+    """Mask, audit and truncate a batch of rows. A conversation may become several examples; a dropped row
+    becomes one record holding its reason (so drops survive caching)."""
+    out = {name: [] for name in TOKENIZED}
+    for r in range(len(batch["index"])):
+        example = {k: v[r] for k, v in batch.items()}
+        for record in _prepare_row(example, tokenizer, stop_ids, train_on, max_length):
+            for name in TOKENIZED:
+                out[name].append(record[name])
+    return out
+
+
+def _prepare_row(example: dict, tokenizer, stop_ids, train_on: str, max_length: int) -> list[dict]:
+    base = {"index": example["index"], "leading_trimmed": 0, "trailing_trimmed": 0}
+    try:
+        examples, conversation = masking.tokenize_example(example, tokenizer, stop_ids, train_on)
+        for tokens in examples:
+            masking.audit(tokens, example, tokenizer, stop_ids)
+    except DropExample as drop:
+        return [_dropped(base, drop.reason, drop.detail)]
+    if conversation is not None:
+        base.update(leading_trimmed=conversation.leading, trailing_trimmed=conversation.trailing)
+    records = []
+    for tokens in examples:
+        ids, labels = tokens.input_ids[:max_length], tokens.labels[:max_length]  # keep the start, as TRL
+        trained = sum(label != IGNORE for label in labels)
+        record = {**base, "turn": tokens.turns[0] if tokens.expanded else -1}
+        if trained == 0:
+            records.append({**_dropped(record, "all_trained_tokens_truncated", ""), **record})
+            continue
+        records.append(
+            {
+                **record,
+                "input_ids": ids,
+                "labels": labels,
+                "num_tokens": len(ids),
+                "num_trained_tokens": trained,
+                "untruncated_tokens": len(tokens.input_ids),
+                "untruncated_trained_tokens": sum(label != IGNORE for label in tokens.labels),
+                "truncated": len(tokens.input_ids) > max_length,
+                "expanded": tokens.expanded,
+                "appended_eos": tokens.appended_eos,
+                "boundary_merged": tokens.boundary_merged,
+                "drop_reason": None,
+                "drop_detail": None,
+            }
+        )
+    return records
+
+
+def _dropped(base: dict, reason: str, detail: str) -> dict:
+    return {
+        "turn": -1,
+        **base,
+        "input_ids": [],
+        "labels": [],
+        "num_tokens": 0,
+        "num_trained_tokens": 0,
+        "untruncated_tokens": 0,
+        "untruncated_trained_tokens": 0,
+        "truncated": False,
+        "expanded": False,
+        "appended_eos": False,
+        "boundary_merged": False,
+        "drop_reason": reason,
+        "drop_detail": detail or None,
+    }
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def split_report(tokenized: Dataset) -> dict:
+    """Counts over a tokenized split that still has its dropped records.
+
+    rows / kept: source rows, and those with at least one kept example; examples: kept examples;
+    dropped: records per reason, with the first row and message of each (drop_first).
+    """
+    cols = tokenized.select_columns(
+        [
+            "index",
+            "drop_reason",
+            "drop_detail",
+            "num_tokens",
+            "untruncated_tokens",
+            "truncated",
+            "expanded",
+            "appended_eos",
+            "boundary_merged",
+            "leading_trimmed",
+            "trailing_trimmed",
+        ]
+    ).to_dict()
+    kept = [r is None for r in cols["drop_reason"]]
+    dropped, first = Counter(), {}
+    for index, reason, detail in zip(cols["index"], cols["drop_reason"], cols["drop_detail"], strict=True):
+        if reason is not None:
+            dropped[reason] += 1
+            first.setdefault(reason, {"index": index, "detail": detail or DROP_REASONS[reason]})
+    expanded: dict[int, list[int]] = {}
+    for index, is_kept, is_expanded, n in zip(
+        cols["index"], kept, cols["expanded"], cols["untruncated_tokens"], strict=True
+    ):
+        if is_kept and is_expanded:
+            expanded.setdefault(index, []).append(n)
+    tokens = [n for n, k in zip(cols["num_tokens"], kept, strict=True) if k]
+    seen = {}  # per source row: trimmed counts are repeated on each of its records
+    for index, lead, trail in zip(
+        cols["index"], cols["leading_trimmed"], cols["trailing_trimmed"], strict=True
+    ):
+        seen[index] = (lead, trail)
+    one_each = sum(max(ns) for ns in expanded.values())
+    return {
+        "rows": len(seen),
+        "kept": len({i for i, k in zip(cols["index"], kept, strict=True) if k}),
+        "examples": sum(kept),
+        "dropped": dict(dropped.most_common()),
+        "drop_first": first,
+        "truncated": sum(t for t, k in zip(cols["truncated"], kept, strict=True) if k),
+        "trailing_user_turns_trimmed": sum(1 for _, t in seen.values() if t),
+        "leading_assistant_turns_trimmed": sum(1 for lead, _ in seen.values() if lead),
+        "expanded_conversations": len(expanded),
+        "expanded_examples": sum(len(ns) for ns in expanded.values()),
+        "expansion_extra_tokens_pct": round(100 * (sum(map(sum, expanded.values())) / one_each - 1), 1)
+        if one_each
+        else 0.0,
+        "appended_eos": sum(cols["appended_eos"]),
+        "boundary_merged": sum(cols["boundary_merged"]),
+        "tokens": sum(tokens),
+        "max_tokens": max(tokens, default=0),
+    }
+
+
+def warnings(split: str, rep: dict) -> list[str]:
+    """What a user should know about a split even when it passes the drop gate."""
+    lines = [
+        f"{split}: {n} row(s) dropped as {reason} (first: row {rep['drop_first'][reason]['index']}: "
+        f"{rep['drop_first'][reason]['detail']})"
+        for reason, n in rep["dropped"].items()
+    ]
+    if rep["expanded_conversations"]:
+        lines.append(
+            f"{split}: {rep['expanded_conversations']} conversations expanded into {rep['expanded_examples']} "
+            "examples, one per assistant turn; the template renders history differently once later turns "
+            f"follow; +{rep['expansion_extra_tokens_pct']}% tokens"
+        )
+    if rep["appended_eos"]:
+        lines.append(
+            f"{split}: the template ends {rep['appended_eos']} example(s) with the answer and no stop token; "
+            "the tokenizer's EOS was appended and is trained, so the model learns to stop"
+        )
+    if rep["boundary_merged"]:
+        lines.append(
+            f"{split}: in {rep['boundary_merged']} prompt/completion row(s) one token spans the end of the prompt "
+            "and the start of the completion; it is trained as part of the completion, as TRL does (a prompt "
+            "that ends with a newline or a special token avoids it)"
+        )
+    return lines
+
+
+def check_dropped(split: str, rep: dict, max_fraction: float) -> None:
+    n_dropped = rep["rows"] - rep["kept"]
+    if n_dropped == 0 or (rep["kept"] and n_dropped / rep["rows"] <= max_fraction):
+        return
+    reasons = "; ".join(
+        f"{r} {n} (first: row {rep['drop_first'][r]['index']}: {rep['drop_first'][r]['detail']})"
+        for r, n in rep["dropped"].items()
+    )
+    fix = (
+        "fix the data (see `sftlib masks` for the kept rows' indices), or raise dataset.max_dropped_fraction."
+    )
+    if "all_trained_tokens_truncated" in rep["dropped"]:
+        fix = "raise model.max_seq_length, " + fix
+    limit = "leaving none" if not rep["kept"] else f"more than dataset.max_dropped_fraction={max_fraction}"
+    raise SftlibError(
+        f"{n_dropped} of {rep['rows']} {split} rows would be dropped ({n_dropped / rep['rows']:.0%}, {limit}): {reasons}.",
+        fix,
+    )
+
+
+def summary_line(rep: dict) -> str:
+    dropped = ", ".join(f"{r} {n}" for r, n in rep["dropped"].items()) or "none"
+    line = (
+        f"{rep['kept']}/{rep['rows']} rows kept as {rep['examples']} examples; dropped: {dropped}; "
+        f"truncated: {rep['truncated']}; trimmed: {rep['trailing_user_turns_trimmed']} trailing user, "
+        f"{rep['leading_assistant_turns_trimmed']} leading assistant"
+    )
+    if rep["expanded_conversations"]:
+        line += f"; expanded: {rep['expanded_conversations']} conversations"
+    return line
+
+
+def check_invariants(ds: Dataset, tokenizer) -> dict:
+    """Label properties over a tokenized split; SftlibError on any failure.
+
+    Every example is non-empty with len(labels) == len(input_ids); every label is IGNORE or equals its
+    input token; every example trains at least one token; ids are in the vocabulary. Returns stats:
+    examples, tokens, trained_tokens, and trained_fraction (one float per example, for histograms).
+    """
+    vocab = len(tokenizer)
+    fractions, tokens, trained = [], 0, 0
+    for batch in ds.with_format("arrow").iter(batch_size=10_000):
+        ids_col, lab_col = batch["input_ids"].combine_chunks(), batch["labels"].combine_chunks()
+        lengths = ids_col.value_lengths().to_numpy(zero_copy_only=False)
+        if not np.array_equal(lengths, lab_col.value_lengths().to_numpy(zero_copy_only=False)):
+            raise SftlibError("invariant broken: an example's labels and input_ids differ in length.")
+        if (lengths == 0).any():
+            raise SftlibError("invariant broken: an example has no tokens.")
+        ids = ids_col.flatten().to_numpy(zero_copy_only=False)
+        labels = lab_col.flatten().to_numpy(zero_copy_only=False)
+        if not ((labels == IGNORE) | (labels == ids)).all():
+            raise SftlibError("invariant broken: a label is neither -100 nor its input token.")
+        if ((ids < 0) | (ids >= vocab)).any():
+            raise SftlibError(f"invariant broken: a token id is outside the vocabulary (size {vocab}).")
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        per_example = np.add.reduceat((labels != IGNORE).astype(np.int64), starts)
+        if (per_example == 0).any():
+            raise SftlibError("invariant broken: an example has no trained token.")
+        fractions.extend((per_example / lengths).tolist())
+        tokens, trained = tokens + int(lengths.sum()), trained + int(per_example.sum())
+    return {
+        "examples": len(fractions),
+        "tokens": tokens,
+        "trained_tokens": trained,
+        "trained_fraction": fractions,
+    }

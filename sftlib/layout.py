@@ -1,0 +1,59 @@
+"""What a run's output_dir holds (the seed's layout), and whether a new run may write into it.
+
+Read without importing any ML library, so a launcher can check the folder before it forks workers.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from sftlib.errors import SftlibError
+
+ADAPTER_DIRNAME = "lora_weights"  # the LoRA adapter; the merged model and tokenizer sit beside it
+RUN_INFO = "run_info.json"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
+    """Every `checkpoint-N` folder in `output_dir`, newest (highest N) first."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [
+        (int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))
+    ]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def finished_artifacts(output_dir: str | Path) -> list[Path]:
+    """The files that mark `output_dir` as holding a finished run (final model or run info)."""
+    out = Path(output_dir)
+    names = (
+        "run_info.json",
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "lora_weights/adapter_model.safetensors",
+    )
+    return [out / name for name in names if (out / name).exists()]
+
+
+def check_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to train into a finished or an interrupted run unless --overwrite or --resume says so.
+
+    Reads only: a refused run leaves every file in `output_dir` as it was.
+    """
+    if resume or overwrite:
+        return
+    out = Path(output_dir)
+    finished = finished_artifacts(out)
+    if finished:
+        raise SftlibError(
+            f"{out} already holds a finished run ({finished[0].name}).",
+            "pass --overwrite to replace it, --resume to continue it, or choose another training.output_dir.",
+        )
+    if checkpoint_dirs(out):
+        raise SftlibError(
+            f"{out} holds checkpoints of an unfinished run.",
+            "pass --resume to continue it, --overwrite to start afresh, or choose another training.output_dir.",
+        )

@@ -1,0 +1,173 @@
+"""Notebooks 01 and 02 in a real browser: JupyterLab on 127.0.0.1, driven by headless Chromium (selenium).
+
+Runs every cell of each notebook as a learner would (Run All Cells), then checks that no cell failed,
+that the example browser is a live widget whose example changes with it, and that the masking view
+colours exactly the tokens `sftlib masks` trains. Autosave is off and the tracked notebooks are
+compared byte for byte afterwards: the test never rewrites them. CI installs Chromium and its driver
+(`.ci/run`); without them this test fails rather than skips.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ("01_explore_dataset", "02_verify_masking")
+TRAINED_COLOURS = {"rgb(158, 202, 225)", "rgb(49, 130, 189)"}  # views.TOKEN_STATES trained, trained special
+TIMEOUT = 240  # seconds for one notebook's cells on 2 CPU cores
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A JupyterLab server over the project, with autosave off; yields its URL and token."""
+    settings = tmp_path_factory.mktemp("lab-settings")
+    for plugin, values in {
+        "@jupyterlab/docmanager-extension/plugin": {"autosave": False},
+        "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
+    }.items():
+        path = settings / f"{plugin}.jupyterlab-settings"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values))
+    port, token = free_port(), "sftlib-browser-test"
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path_factory.mktemp("jupyter-config"))}
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
+            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={ROOT}",
+            f"--LabApp.user_settings_dir={settings}",
+            f"--LabApp.workspaces_dir={tmp_path_factory.mktemp('workspaces')}",
+        ],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.5)
+    else:
+        server.kill()
+        pytest.fail("JupyterLab did not start within 60 s")
+    yield f"http://127.0.0.1:{port}", token
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    missing = [name for name in ("chromium", "chromedriver") if shutil.which(name) is None]
+    assert not missing, f"{missing} not installed: apt-get install chromium chromium-driver (.ci/run does)"
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    yield driver
+    driver.quit()
+
+
+def run_all(browser, lab, name: str) -> None:
+    """Open a notebook and run all its cells through the command palette, as a learner would."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, token = lab
+    browser.get(f"{url}/lab/tree/notebooks/{name}.ipynb?token={token}&reset")
+    wait = WebDriverWait(browser, 120)
+    wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, ".jp-Notebook .jp-Cell")))
+    wait.until(lambda d: "idle" in kernel_status(d))
+    body = browser.find_element(By.CSS_SELECTOR, ".jp-Notebook")
+    body.click()
+    browser.find_element(By.TAG_NAME, "body").send_keys(Keys.CONTROL, Keys.SHIFT, "c")
+    palette = wait.until(ready.visibility_of_element_located((By.CSS_SELECTOR, ".lm-CommandPalette-input")))
+    palette.send_keys("Run All Cells")
+    palette.send_keys(Keys.ENTER)
+    # Run All stops at a failing cell: done when every cell has run, or when one has failed.
+    WebDriverWait(browser, TIMEOUT, poll_frequency=1).until(lambda d: finished(d) or errors(d))
+
+
+def kernel_status(browser) -> str:
+    return browser.execute_script(
+        "const s = document.querySelector('.jp-Notebook-ExecutionIndicator, .jp-KernelStatus');"
+        "return s ? (s.getAttribute('data-status') || s.textContent || '').toLowerCase() : '';"
+    )
+
+
+def finished(browser) -> bool:
+    """Every code cell has run: an execution count, and none still running (`[*]`)."""
+    prompts = browser.execute_script(
+        "return [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(p => p.textContent.trim());"
+    )
+    return bool(prompts) and all(p.startswith("[") and p[1:-2].isdigit() for p in prompts)
+
+
+def errors(browser) -> list[str]:
+    """The error outputs shown: JupyterLab renders an exception as stderr text holding its traceback."""
+    return browser.execute_script(
+        "return [...document.querySelectorAll('.jp-OutputArea-output[data-mime-type=\"application/vnd.jupyter.stderr\"]')]"
+        ".map(e => e.textContent).filter(t => /Traceback|^-{20,}\\s*\\n?\\s*\\w+(Error|Exception)/m.test(t))"
+        ".map(t => t.slice(0, 300));"
+    )
+
+
+def stray_reprs(browser) -> list[str]:
+    """Plain-text results of cells that show nothing on purpose (a Path, None)."""
+    return browser.execute_script(
+        "return [...document.querySelectorAll('.jp-OutputArea-output[data-mime-type=\"text/plain\"]')]"
+        ".map(e => e.textContent).filter(t => /^(PosixPath|None$)/.test(t));"
+    )
+
+
+@pytest.mark.slow
+def test_notebooks_01_and_02_run_in_jupyterlab_with_a_live_browser_and_true_masks(lab, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    before = {name: (ROOT / "notebooks" / f"{name}.ipynb").read_bytes() for name in NOTEBOOKS}
+
+    run_all(browser, lab, "01_explore_dataset")
+    assert errors(browser) == [] and stray_reprs(browser) == []
+    widget = browser.find_element(By.CSS_SELECTOR, ".jp-OutputArea .widget-vbox")
+    slider = widget.find_element(By.CSS_SELECTOR, ".widget-slider")
+    assert slider.size["width"] > 600  # wide enough to step through 1200 examples
+    shown = widget.find_element(By.CSS_SELECTOR, ".widget-html-content").get_attribute("innerHTML")
+    assert "row 0:" in shown
+    next_button = [b for b in widget.find_elements(By.TAG_NAME, "button") if "next" in b.text][0]
+    next_button.click()
+    time.sleep(1)
+    changed = widget.find_element(By.CSS_SELECTOR, ".widget-html-content").get_attribute("innerHTML")
+    assert changed != shown and "row 1:" in changed  # the kernel answered: the widget is live
+
+    run_all(browser, lab, "02_verify_masking")
+    assert errors(browser) == [] and stray_reprs(browser) == []
+    spans = browser.execute_script(
+        "const view = document.querySelector('.jp-OutputArea .tokens');"
+        "return [...view.querySelectorAll('span')].map(s => [s.title, getComputedStyle(s).backgroundColor]);"
+    )
+    masks = tmp_path / "masks.jsonl"
+    subprocess.run(
+        [sys.executable, "-m", "sftlib", "masks", "--config", "configs/demo.yaml", "--limit", "1", "--out", str(masks)],
+        cwd=ROOT, check=True, capture_output=True,
+    )  # fmt: skip
+    first = json.loads(masks.read_text().splitlines()[0])
+    assert [colour in TRAINED_COLOURS for _, colour in spans] == [label != -100 for label in first["labels"]]
+
+    for name, content in before.items():  # autosave was off: the tracked notebooks are untouched
+        assert (ROOT / "notebooks" / f"{name}.ipynb").read_bytes() == content, name
