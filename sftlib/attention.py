@@ -1,13 +1,13 @@
 """Attention for padding-free passes: each example attends within itself, with no [T, T] mask.
 
 transformers' `sdpa` on a padding-free row [1, T] builds a block-diagonal causal mask and runs SDPA
-over all T x T query/key pairs below the diagonal, most of them masked: measured on SmolLM2-135M with
-512-token passes of ~65-token examples (2 CPU cores, bf16), attention took 35% of a pass. Here the
+over all T x T query/key pairs below the diagonal, most of them masked when examples are short
+(README "Performance" gives the profile). Here the
 examples (`cu_seq_lens_q`, which TRL's padding-free collator and `sftlib.fastpath.split_passes` give
 every pass) are grouped by length, each group padded at the end to its longest example and run as one
 causal batch: the work is that of each example alone, up to the padding within a group. On a CPU,
-short examples run as matmul + softmax, which is several times faster than SDPA's fused CPU kernel in
-bf16 (see MATMUL_ATTENTION_MAX).
+short examples run as matmul + softmax, which beats SDPA's fused CPU kernel at these sizes (see
+MATMUL_ATTENTION_MAX).
 
 Registered with transformers' public `AttentionInterface` as "sftlib_segments", with the `sdpa` mask
 function, so anything without sequence boundaries (evaluation with an attention mask, generation
@@ -16,7 +16,7 @@ with a KV cache) runs transformers' own `sdpa_attention_forward` unchanged.
 
 from __future__ import annotations
 
-import dataclasses
+import collections
 
 NAME = "sftlib_segments"
 # Examples whose length is at least this share of their group's longest share one SDPA call: the
@@ -24,15 +24,9 @@ NAME = "sftlib_segments"
 GROUP_RATIO = 0.7
 
 
-@dataclasses.dataclass
-class Calls:
-    """How many attention calls ran per example, and how many fell back to transformers' sdpa."""
-
-    segments: int = 0
-    fallback: int = 0
-
-
-CALLS = Calls()
+# How many attention calls ran per example ("segments") and how many fell back to transformers' sdpa
+# ("fallback"), since import: run_info.json reports the difference over a run.
+CALLS: collections.Counter = collections.Counter(segments=0, fallback=0)
 
 
 def length_groups(bounds: list[int], ratio: float = GROUP_RATIO) -> list[list[int]]:
@@ -84,10 +78,10 @@ def _layout(cu_seq_lens, device) -> _Layout:
 
 
 # Up to this many tokens per example, attention runs as two matmuls and a softmax instead of SDPA's
-# fused CPU kernel. Measured per layer, forward + backward, 9 heads of 64 in bf16 on 2 cores (ms, fused
-# against matmul): 8 examples of 65 tokens 7.7 / 1.3, 2 of 256 6.0 / 2.9, 1 of 384 6.6 / 3.2, 1 of 512
-# 11 / 5.4-9.7. The matmul form keeps each example's [heads, length, length] probabilities for the
-# backward pass (`saved_bytes_per_token`); the fused kernel keeps none, so longer examples use it.
+# fused CPU kernel, whose per-call overhead dominates on short examples (per-layer timings in README
+# "Performance"). The matmul form keeps each example's [heads, length, length] probabilities for the
+# backward pass (`saved_bytes_per_token`), which grow with length; the fused kernel keeps none, so
+# longer examples use it.
 MATMUL_ATTENTION_MAX = 512
 
 
@@ -136,11 +130,11 @@ def segment_attention(
         and kwargs.get("softcap") is None
     )
     if not simple:
-        CALLS.fallback += 1
+        CALLS["fallback"] += 1
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    CALLS.segments += 1
+    CALLS["segments"] += 1
     with torch.profiler.record_function("sftlib::attention"):  # for sftlib.profiling; no cost otherwise
         return _segment_attention(module, query, key, value, cu_seq_lens_q, dropout, scaling)
 

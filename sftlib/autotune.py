@@ -1,8 +1,8 @@
 """Run-time choices made by measurement on the machine that trains: precision and pass size.
 
-The CPU under a user's run may not be the one sftlib was developed on: bf16 is 4x faster than fp32
-where the CPU has avx512_bf16/AMX and 5x slower where it is emulated, and the best pass size depends
-on caches and cores. So both are timed where the run starts, and a config value overrides either.
+The CPU under a user's run may not be the one sftlib was developed on: bf16 is several times faster
+than fp32 where the CPU has avx512_bf16/AMX and several times slower where it is emulated, and the
+best pass size depends on caches and cores. So both are timed where the run starts, and a config value overrides either.
 
 - Precision: the model's own linear layers (forward and input-gradient matmuls at the pass size) are
   timed in bf16 and in fp32 before training; the faster wins. Timed on the layers' shapes, not on a
@@ -156,9 +156,9 @@ class StepClock:
 # --------------------------------------------------------------------------- memory
 
 # glibc returns large freed blocks to the OS at once (mmap above a threshold, heap trimming), so every
-# pass page-faults its big temporaries in again. Keeping them for reuse made a demo step 17% faster
-# (10 steps of SmolLM2-135M + LoRA, 512-token passes, 2 cores: 7.5 s against 9.0 s) at the same peak
-# RSS (1710 against 1714 MB). The process keeps up to this much freed memory instead of returning it.
+# pass page-faults its big temporaries in again. Keeping them for reuse saves that work at no cost in
+# peak RSS (the same blocks are reused; README "Performance" has the measurement). The process keeps
+# up to this much freed memory instead of returning it.
 KEEP_FREED_BYTES = 1 << 30
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, <malloc.h>
 

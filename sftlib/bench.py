@@ -42,8 +42,8 @@ CHAT_MIX_ROWS = 2000
 def write_chat_mix(path: Path, n: int = CHAT_MIX_ROWS, seed: int = 0) -> Path:
     """A deterministic ShareGPT-like chat set: 1-4 turns, log-normal message lengths, some system prompts.
 
-    With SmolLM2's tokenizer and max_length 512: mean ~275 tokens, median ~240, ~15% truncated,
-    ~44% padding when batches of 8 are padded to their longest (ShareGPT: ~46%).
+    Lengths are drawn to resemble ShareGPT's (README "Performance" gives the token statistics with
+    SmolLM2's tokenizer).
     """
     rng = random.Random(seed)
     vocab_rng = random.Random(1234)
@@ -307,7 +307,7 @@ def run_side(
         "steps_timed": steps,
         "micro_batch_size": trainer.args.per_device_train_batch_size,
         "gradient_accumulation_steps": accumulation,
-        "activation_checkpointing": bool(trainer.args.gradient_checkpointing),
+        "activation_checkpointing": bool(trainer.args.activation_checkpointing),
         "bf16_autocast": bool(trainer.args.bf16),
         "weights_dtype": _frozen_dtype(trainer.model),
         "collator": type(counter.collate).__name__,

@@ -143,7 +143,7 @@ class Plan:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in hidden}
         # Attention calls run per example (sftlib.attention) and those that fell back to sdpa, this run
         start = self.attention_calls_at_start
-        out["attention_calls"] = {k: v - start.get(k, 0) for k, v in dataclasses.asdict(CALLS).items()}
+        out["attention_calls"] = {k: v - start.get(k, 0) for k, v in CALLS.items()}
         out["pass_timing"] = self.tuner.record_dict() if self.tuner is not None else None
         if self.tuner is not None and self.tuner.chosen is not None:
             out["pass_tokens"] = self.tuner.chosen
@@ -178,9 +178,11 @@ class Plan:
         weights = (
             f"; frozen weights stored in {self.frozen_weights_dtype}" if self.frozen_weights_dtype else ""
         )
+        allocator = f"; allocator: {self.allocator}" if self.allocator else ""
         return (
             f"{head}; precision {self.precision}: {self.precision_from}{timed}{weights}{per_k}; "
-            f"activation checkpointing {'on' if self.activation_checkpointing else 'off'}: {self.checkpointing_from}"
+            f"activation checkpointing {'on' if self.activation_checkpointing else 'off'}: "
+            f"{self.checkpointing_from}{allocator}"
         )
 
 
@@ -360,8 +362,6 @@ def build_trainer(
 
 def sft_fields(plan: Plan, configured, cfg) -> dict[str, Any]:
     """The SFTConfig fields the plan decides."""
-    from sftlib.config import DECIDED_WHEN_NULL
-
     fields: dict[str, Any] = {}
     if plan.split == "passes":
         fields.update(per_device_train_batch_size=plan.examples_per_step, gradient_accumulation_steps=1)
@@ -370,7 +370,7 @@ def sft_fields(plan: Plan, configured, cfg) -> dict[str, Any]:
             per_device_train_batch_size=plan.micro_batch,
             gradient_accumulation_steps=plan.examples_per_step // plan.micro_batch,
         )
-    if all(cfg.training.get(k) is None for k in DECIDED_WHEN_NULL):
+    if cfg.activation_checkpointing is None:
         fields["activation_checkpointing"] = plan.activation_checkpointing
     if cfg.training.get("bf16") is None and cfg.training.get("fp16") is None:
         fields["bf16"] = plan.precision == "bf16"  # autocast: with the frozen base in bf16, for the adapters
@@ -398,7 +398,7 @@ def make_plan(cfg, args, model, train_dataset) -> Plan:
 
     device = args.device
     used, why = applies(cfg, args)
-    chunk = cfg.training.get("chunk_tokens")
+    chunk = cfg.chunk_tokens
     if not used and chunk is not None:
         raise SftlibError(
             f"training.chunk_tokens={chunk} is set, but sftlib's fast path, which reads it, is off: {why}.",
@@ -427,8 +427,8 @@ def make_plan(cfg, args, model, train_dataset) -> Plan:
     split, pass_tokens, pass_from, tuner, micro = "none", None, "TRL's configured batches", None, None
     if used:
         # A pass holds at most what one configured micro-batch can, and activations of at most the weights'
-        # size as loaded (and half the free memory): measured on chat-mix, 1024-token passes instead of 512
-        # ran 5% faster and raised peak RSS from 2.9 to 4.2 GB.
+        # size as loaded (and half the free memory): past that, larger passes buy little speed for much
+        # more memory, and the baseline's peak memory is the bar (README "Performance").
         cap = args.per_device_train_batch_size * cfg.model.max_seq_length
         if measured:
             cap = min(cap, int(min(loaded_bytes, free / 2) / measured))
@@ -466,7 +466,7 @@ def make_plan(cfg, args, model, train_dataset) -> Plan:
         checkpointing_from=checkpointing_from,
         micro_batch=micro,
         allocator=autotune.keep_freed_memory() if used and device.type == "cpu" else None,
-        attention_calls_at_start=dataclasses.asdict(attention.CALLS),
+        attention_calls_at_start=dict(attention.CALLS),
         tuner=tuner,
     )
     return plan
@@ -515,9 +515,7 @@ def _shared_timing(args, measure):
 
 
 def _decide_checkpointing(cfg, measured, free, sharded, pass_tokens, longest, used, args) -> tuple[bool, str]:
-    from sftlib.config import DECIDED_WHEN_NULL
-
-    explicit = next((cfg.training[k] for k in DECIDED_WHEN_NULL if cfg.training.get(k) is not None), None)
+    explicit = cfg.activation_checkpointing
     if explicit is not None:
         return bool(explicit), "set by training.activation_checkpointing"
     if sharded:

@@ -51,8 +51,8 @@ def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str] | None:
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16 on x86, BF16 on Arm).
 
-    Without it PyTorch emulates bf16: measured on an AVX512 Xeon without avx512_bf16, the bf16
-    matmul ceiling was 63 GFLOP/s against 355 for fp32. Read from the CPU flags; where the CPU lists
+    Without it PyTorch emulates bf16, several times slower than fp32 (README "Performance" has the
+    ceilings per CPU). Read from the CPU flags; where the CPU lists
     none (no /proc/cpuinfo), a 512x512 bf16 matmul is timed against an fp32 one, and the log says so.
     """
     flags = cpu_bf16_flags()

@@ -31,7 +31,7 @@ def sft_config(cfg: RunConfig, **overrides: Any):
     import torch
     from trl import SFTConfig
 
-    from sftlib.config import DECIDED_WHEN_NULL, SFTLIB_TRAINING
+    from sftlib.config import DECIDED_WHEN_NULL, SFTLIB_TRAINING, sft_config_default
 
     kwargs = {
         k: v
@@ -39,6 +39,10 @@ def sft_config(cfg: RunConfig, **overrides: Any):
         if k not in SFTLIB_TRAINING and not (v is None and k in DECIDED_WHEN_NULL)
     }
     kwargs["max_length"] = cfg.model.max_seq_length
+    if cfg.activation_checkpointing is None:
+        # TRL still defaults transformers' deprecated alias (gradient_checkpointing); naming the new field
+        # keeps TRL's default without transformers' FutureWarning on every run.
+        kwargs["activation_checkpointing"] = sft_config_default("gradient_checkpointing")
     kwargs.setdefault("report_to", "none")
     # Every trainable weight (LoRA or full) takes part in each forward pass, so DDP's extra graph walk to
     # find unused ones only costs time. A model with unused weights gets DDP's error naming this setting.

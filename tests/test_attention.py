@@ -41,12 +41,12 @@ def test_per_example_attention_equals_the_block_diagonal_mask_in_logits_and_grad
     for impl in ("sdpa", attention.register()):
         model.set_attn_implementation(impl)
         model.zero_grad()
-        before = attention.CALLS.segments
+        before = attention.CALLS["segments"]
         logits = model(**batch, use_cache=False).logits
         logits.pow(2).mean().backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         results[impl] = logits.detach(), grads
-        ran = attention.CALLS.segments - before
+        ran = attention.CALLS["segments"] - before
         assert ran == (model.config.num_hidden_layers if impl == attention.NAME else 0)
     (ref, ref_grads), (ours, our_grads) = results.values()
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
@@ -70,10 +70,10 @@ def test_without_sequence_boundaries_it_is_transformers_sdpa(model):
     ids = torch.randint(100, 4000, (2, 12), generator=torch.Generator().manual_seed(3))
     mask = torch.ones_like(ids)
     mask[1, :4] = 0  # left padding
-    before = attention.CALLS.fallback
+    before = attention.CALLS["fallback"]
     with torch.no_grad():
         ours = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
         model.set_attn_implementation("sdpa")
         ref = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
-    assert attention.CALLS.fallback > before
+    assert attention.CALLS["fallback"] > before
     assert torch.equal(ours, ref)
