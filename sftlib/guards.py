@@ -50,9 +50,16 @@ def resume_command(cfg) -> str:
     from sftlib.config import load_config
 
     resolved = cfg.output_dir / "resolved_config.yaml"
-    with contextlib.suppress(Exception):
-        if cfg.source and load_config(cfg.source).to_dict() == cfg.to_dict():
-            return f"sftlib train --config {cfg.source} --resume"
+    if not cfg.source:
+        return f"sftlib train --config {resolved} --resume"
+    try:
+        unchanged = load_config(cfg.source).to_dict() == cfg.to_dict()
+    except (SftlibError, OSError) as exc:
+        # The user's file changed into something invalid (or went away) since the run started.
+        log.info("the resume hint names %s: %s no longer loads (%s)", resolved, cfg.source, exc)
+        unchanged = False
+    if unchanged:
+        return f"sftlib train --config {cfg.source} --resume"
     return f"sftlib train --config {resolved} --resume"
 
 

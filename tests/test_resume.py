@@ -6,6 +6,7 @@ thread: the suite shares a few busy cores, where more threads only slow each ste
 """
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -211,6 +212,20 @@ def test_the_resume_hint_names_the_resolved_config_when_set_options_changed_the_
     changed = load_config(config, ["training.max_steps=9"])
     resolved = output_dir(config) / "resolved_config.yaml"
     assert guards.resume_command(changed) == f"sftlib train --config {resolved} --resume"
+
+
+def test_the_resume_hint_names_the_resolved_config_when_the_users_file_no_longer_loads(tmp_path, caplog):
+    from sftlib.config import load_config
+
+    config = write_config(tmp_path, "run")
+    cfg = load_config(config)
+    resolved = output_dir(config) / "resolved_config.yaml"
+    config.write_text("model: [unclosed\n")  # edited into invalid YAML while the run was going
+    with caplog.at_level(logging.INFO, logger="sftlib"):
+        assert guards.resume_command(cfg) == f"sftlib train --config {resolved} --resume"
+    assert f"{config} no longer loads" in caplog.text
+    config.unlink()
+    assert guards.resume_command(cfg) == f"sftlib train --config {resolved} --resume"
 
 
 # --------------------------------------------------------------------------- divergence
