@@ -365,7 +365,7 @@ def validate_training(raw: dict[str, Any]) -> dict[str, Any]:
     if raw.get("chunk_tokens") is not None and raw["chunk_tokens"] < 1:
         raise SftlibError(
             f"training.chunk_tokens must be a positive number of tokens, got {raw['chunk_tokens']}.",
-            "set e.g. training.chunk_tokens: 512, or null for the device's default.",
+            "set e.g. training.chunk_tokens: 512, or null to let sftlib time the pass size.",
         )
     return dict(raw)
 
