@@ -469,6 +469,9 @@ def machine() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "load_average": os.getloadavg(),
         "torch": torch.__version__,
+        # oneDNN, which runs PyTorch's CPU matmuls, can be told to use less of the CPU than it has
+        # (e.g. AVX512_CORE: no bf16 instructions, as on a CPU without native bf16); the flags then overstate.
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
@@ -515,7 +518,8 @@ def format_table(result: dict[str, Any]) -> str:
     c, m = result["ceilings"], result["machine"]
     gpu = result.get("gpu_memory_ratio")
     bf16 = "native bf16" if m.get("cpu_native_bf16") else "emulated bf16"
-    lines.append(f"CPU: {m.get('cpu')} ({bf16}; flags {m.get('cpu_bf16_flags')})")
+    capped = f"; oneDNN capped at {m['onednn_max_cpu_isa']}" if m.get("onednn_max_cpu_isa") else ""
+    lines.append(f"CPU: {m.get('cpu')} ({bf16}; flags {m.get('cpu_bf16_flags')}{capped})")
     lines.append(
         f"speedup {result['speedup']:.2f}x   rss_ratio {result['rss_ratio']:.2f}   "
         + (f"gpu_memory_ratio {gpu:.2f}   " if gpu is not None else "")

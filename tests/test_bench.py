@@ -49,12 +49,16 @@ def test_the_profile_splits_a_step_into_the_named_categories(sides):
         assert profile["share"]["matmul"] > 0 and profile["share"]["LM head + loss (TRL)"] > 0
 
 
-def test_the_machine_record_names_the_cpu_and_whether_bf16_is_native():
+def test_the_machine_record_names_the_cpu_and_whether_bf16_is_native(monkeypatch):
     from sftlib.modeling import cpu_bf16_flags
 
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     m = bench.machine()
     assert m["cpu"] and m["cpu_bf16_flags"] == cpu_bf16_flags()
     assert m["cpu_native_bf16"] == bool(m["cpu_bf16_flags"]) or m["cpu_bf16_flags"] is None
+    assert m["onednn_max_cpu_isa"] is None
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")  # the flags then overstate: say so
+    assert bench.machine()["onednn_max_cpu_isa"] == "AVX512_CORE"
 
 
 def test_cpu_flags_tell_native_bf16_on_x86_and_arm():
@@ -96,6 +100,9 @@ def test_the_table_reports_both_sides_and_leaves_out_gpu_memory_on_a_cpu(sides):
     assert "GPU memory" not in table and "gpu_memory_ratio" not in table
     assert "<= 1" in table and "whole micro-batch" in table
     assert "CPU: AMD EPYC (native bf16" in table and "profile (1 steps" in table
+    assert "oneDNN capped" not in table
+    result["machine"]["onednn_max_cpu_isa"] = "AVX512_CORE"
+    assert "oneDNN capped at AVX512_CORE" in bench.format_table(result)
 
 
 def test_model_shape_ceilings_time_the_models_own_linear_layers():
