@@ -447,8 +447,10 @@ def make_plan(cfg, args, model, train_dataset) -> Plan:
         split = "examples" if args.world_size > 1 else "passes"
         if split == "examples":
             micro = examples_per_micro_batch(examples, longest, pass_tokens)
+    # While pass sizes are timed, checkpointing must suit the largest candidate (the tuner may keep it)
+    largest_pass = pass_tokens or (max(tuner.candidates) if tuner else autotune.FIRST_PASS_TOKENS)
     checkpointing, checkpointing_from = _decide_checkpointing(
-        cfg, measured, free, sharded, pass_tokens or autotune.FIRST_PASS_TOKENS, longest, used, args
+        cfg, measured, free, sharded, largest_pass, longest, used, args
     )
     plan = Plan(
         used=used,

@@ -229,9 +229,37 @@ def drop_rows(report: dict) -> list[dict]:
 
 
 def run_summary(info: dict) -> list[dict]:
-    """run_info.json as key/value rows, without the long history and version lists."""
+    """run_info.json as key/value rows, without the long history and version lists; the fast path's
+    decisions (what was chosen, and why) as rows of their own."""
     skip = {"log_history", "versions", "data", "fast_path", "rank_param_fingerprints"}
-    return [{"key": k, "value": v} for k, v in info.items() if k not in skip]
+    rows = [{"key": k, "value": v} for k, v in info.items() if k not in skip]
+    return rows + fast_path_rows(info.get("fast_path"))
+
+
+def fast_path_rows(plan: dict | None) -> list[dict]:
+    """The decisions in run_info.json["fast_path"] (sftlib.fastpath.Plan.record) as key/value rows."""
+    if not plan:
+        return []
+    if not plan["used"]:
+        return [{"key": "fast path", "value": f"off: {plan['why']}"}]
+    timing = plan.get("pass_timing") or {}
+    timed = timing.get("tokens_per_second")
+    pass_from = plan["pass_tokens_from"] + (f" (tokens/s by pass size: {timed})" if timed else "")
+    precision = plan["precision"] + (
+        f", frozen base stored in {plan['frozen_weights_dtype']}" if plan.get("frozen_weights_dtype") else ""
+    )
+    seconds = plan.get("precision_seconds")
+    if seconds:  # the timed candidates: seconds of the model's linear layers per pass
+        precision += " (" + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items()) + " per pass)"
+    return [
+        {"key": "fast path", "value": plan["why"]},
+        {"key": "precision", "value": f"{precision}: {plan['precision_from']}"},
+        {"key": "tokens per pass", "value": f"{plan['pass_tokens']}: {pass_from}"},
+        {
+            "key": "activation checkpointing",
+            "value": f"{'on' if plan['activation_checkpointing'] else 'off'}: {plan['checkpointing_from']}",
+        },
+    ]
 
 
 def before_after_html(rows: list[dict]) -> str:

@@ -5,7 +5,7 @@ import logging
 import pytest
 import torch
 
-from sftlib import autotune, dataset, embedded, fastpath, masking
+from sftlib import autotune, dataset, embedded, fastpath, masking, views
 from sftlib.config import load_config
 from sftlib.errors import SftlibError
 from sftlib.fastpath import pack_rows, split_passes
@@ -237,6 +237,7 @@ def test_pass_size_is_timed_on_the_first_steps_and_recorded(tmp_path, caplog):
         "training.max_steps=8",
         "training.per_device_train_batch_size=16",
         "training.logging_steps=8",
+        "training.activation_checkpointing=null",
     )
     trainer = build(cfg, fast=True)
     tuner = trainer.plan.tuner
@@ -249,6 +250,13 @@ def test_pass_size_is_timed_on_the_first_steps_and_recorded(tmp_path, caplog):
     assert set(timing["timed_steps"]) == {str(c) for c in tuner.candidates}
     assert all(len(runs) == autotune.TIMED_STEPS for runs in timing["timed_steps"].values())
     assert any("pass size:" in r.message for r in caplog.records)
+    # checkpointing was decided for the largest candidate, which the tuner may keep
+    assert f"for {max(tuner.candidates)} tokens" in record["checkpointing_from"]
+    # notebook 03 shows each decision with its reason
+    rows = {row["key"]: row["value"] for row in views.fast_path_rows(record)}
+    assert rows["tokens per pass"].startswith(f"{timing['chosen']}: timed on the first steps (tokens/s")
+    assert rows["precision"].startswith(record["precision"]) and record["precision_from"] in rows["precision"]
+    assert rows["activation checkpointing"].endswith(record["checkpointing_from"])
 
 
 def test_the_tuner_keeps_the_smallest_pass_within_five_percent_of_the_fastest():
