@@ -139,9 +139,9 @@ class StepClock:
     """Wall time of one step's passes on `device` (waits for a GPU to finish before reading the clock)."""
 
     def __init__(self, device):
-        import torch
+        from sftlib.matmul import synchronizer
 
-        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.sync = synchronizer(device.type)
 
     def __enter__(self):
         self.sync()

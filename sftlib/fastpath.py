@@ -272,7 +272,8 @@ def _backbone(model):
     return causal_lm.base_model
 
 
-class trained_positions_only:
+@contextlib.contextmanager
+def trained_positions_only(backbone, keep):
     """While active, `backbone`'s `last_hidden_state` keeps only the positions `keep`.
 
     TRL's fused LM head, given `shift_labels` (already shifted labels), scores the backbone's hidden
@@ -282,19 +283,15 @@ class trained_positions_only:
     torch API), removed on exit.
     """
 
-    def __init__(self, backbone, keep):
-        self.backbone, self.keep = backbone, keep
-
-    def _select(self, module, args, output):
-        output.last_hidden_state = output.last_hidden_state[:, self.keep]
+    def select(module, args, output):
+        output.last_hidden_state = output.last_hidden_state[:, keep]
         return output
 
-    def __enter__(self):
-        self.handle = self.backbone.register_forward_hook(self._select)
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.remove()
+    handle = backbone.register_forward_hook(select)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 # --------------------------------------------------------------------------- building the trainer

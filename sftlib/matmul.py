@@ -10,7 +10,8 @@ import collections
 import time
 
 
-def _sync(device: str):
+def synchronizer(device: str):
+    """A call that waits for `device` to finish queued work (a GPU's kernels run asynchronously)."""
     import torch
 
     return torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -28,7 +29,7 @@ def matmul_gflops(dtype_name: str, device: str = "cpu", n: int | None = None, se
 
 def best_seconds(fn, device: str = "cpu", seconds: float = 1.0, at_least: int = 2) -> float:
     """The fastest of repeated calls of `fn` over about `seconds` (after one untimed call)."""
-    sync = _sync(device)
+    sync = synchronizer(device)
     fn()
     sync()
     best, runs, end = float("inf"), 0, time.perf_counter() + seconds

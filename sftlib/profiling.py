@@ -113,13 +113,13 @@ class ProfileSteps(TrainerCallback):
             self.profiler = torch.profiler.profile(
                 activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True
             )
-            self.profiler.__enter__()
+            self.profiler.start()
             self.start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.profiler is not None and state.global_step == self.first + self.count - 1:
             wall = time.perf_counter() - self.start
-            self.profiler.__exit__(None, None, None)
+            self.profiler.stop()
             self.result = {"steps": self.count, **breakdown(self.profiler.events(), wall, self.vocab_size)}
             self.profiler = None
 

@@ -291,7 +291,7 @@ def test_frozen_weights_go_to_bf16_while_adapters_and_buffers_keep_fp32(model):
         assert p.dtype == (torch.float32 if p.requires_grad else torch.bfloat16), name
     assert {n: b.dtype for n, b in m.named_buffers()} == buffers  # rotary frequencies stay fp32
     base = m.get_base_model()
-    assert base.lm_head.weight is base.model.embed_tokens.weight or not base.config.tie_word_embeddings
+    assert base.config.tie_word_embeddings and base.lm_head.weight is base.model.embed_tokens.weight
 
 
 def test_unset_precision_is_timed_and_bf16_stores_the_frozen_base_in_bf16(tmp_path, monkeypatch):
