@@ -396,6 +396,8 @@ DROP_REASONS = {
     "template_error": "the chat template raised an error on this row (e.g. a system message it does not support)",
     "history_changes": "the template renders the turn's own history differently once it is answered",
     "no_stop_token": "an assistant turn is not followed by any of the model's stop tokens",
+    "not_rendered": "the chat template leaves out a field of the row (reasoning, tool calls, tool results, tools)",
+    "audit_failed": "the mask audit could not confirm the row's labels (a masking bug if it is more than a few rows)",
     "all_trained_tokens_truncated": "max_seq_length cuts off every trained token",
 }
 

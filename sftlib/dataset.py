@@ -39,6 +39,7 @@ TOKENIZED = Features(
         "untruncated_trained_tokens": Value("int64"),
         "truncated": Value("bool"),
         "expanded": Value("bool"),
+        "expansion": Value("string"),  # why a conversation was expanded (masking.EXPANSIONS), else None
         "appended_eos": Value("bool"),
         "boundary_merged": Value("bool"),
         "leading_trimmed": Value("int64"),
@@ -48,6 +49,7 @@ TOKENIZED = Features(
     }
 )
 BOOKKEEPING = (
+    "expansion",
     "appended_eos",
     "boundary_merged",
     "leading_trimmed",
@@ -103,6 +105,7 @@ def prepare(
                 "tokenizer": tokenizer,
                 "stop_ids": stop_ids,
                 "train_on": ds_cfg.train_on,
+                "template_kwargs": ds_cfg.chat_template_kwargs,
                 "max_length": cfg.model.max_seq_length,
                 "code_version": data.code_version(),
             },
@@ -139,25 +142,35 @@ def _is_kept(drop_reason) -> bool:
 
 
 def _prepare_rows(
-    batch: dict, tokenizer, stop_ids, train_on: str, max_length: int, code_version: str
+    batch: dict,
+    tokenizer,
+    stop_ids,
+    train_on: str,
+    max_length: int,
+    code_version: str,
+    template_kwargs: dict | None = None,
 ) -> dict:
     """Mask, audit and truncate a batch of rows. A conversation may become several examples; a dropped row
     becomes one record holding its reason (so drops survive caching)."""
     out = {name: [] for name in TOKENIZED}
     for r in range(len(batch["index"])):
         example = {k: v[r] for k, v in batch.items()}
-        for record in _prepare_row(example, tokenizer, stop_ids, train_on, max_length):
+        for record in _prepare_row(example, tokenizer, stop_ids, train_on, max_length, template_kwargs):
             for name in TOKENIZED:
                 out[name].append(record[name])
     return out
 
 
-def _prepare_row(example: dict, tokenizer, stop_ids, train_on: str, max_length: int) -> list[dict]:
+def _prepare_row(
+    example: dict, tokenizer, stop_ids, train_on: str, max_length: int, template_kwargs: dict | None = None
+) -> list[dict]:
     base = {"index": example["index"], "leading_trimmed": 0, "trailing_trimmed": 0}
     try:
-        examples, conversation = masking.tokenize_example(example, tokenizer, stop_ids, train_on)
+        examples, conversation = masking.tokenize_example(
+            example, tokenizer, stop_ids, train_on, template_kwargs
+        )
         for tokens in examples:
-            masking.audit(tokens, example, tokenizer, stop_ids)
+            masking.audit(tokens, example, tokenizer, stop_ids, template_kwargs)
     except DropExample as drop:
         return [_dropped(base, drop.reason, drop.detail)]
     if conversation is not None:
@@ -181,6 +194,7 @@ def _prepare_row(example: dict, tokenizer, stop_ids, train_on: str, max_length: 
                 "untruncated_trained_tokens": sum(label != IGNORE for label in tokens.labels),
                 "truncated": len(tokens.input_ids) > max_length,
                 "expanded": tokens.expanded,
+                "expansion": tokens.expansion or None,
                 "appended_eos": tokens.appended_eos,
                 "boundary_merged": tokens.boundary_merged,
                 "drop_reason": None,
@@ -202,6 +216,7 @@ def _dropped(base: dict, reason: str, detail: str) -> dict:
         "untruncated_trained_tokens": 0,
         "truncated": False,
         "expanded": False,
+        "expansion": None,
         "appended_eos": False,
         "boundary_merged": False,
         "drop_reason": reason,
@@ -226,7 +241,7 @@ def split_report(tokenized: Dataset) -> dict:
             "num_tokens",
             "untruncated_tokens",
             "truncated",
-            "expanded",
+            "expansion",
             "appended_eos",
             "boundary_merged",
             "leading_trimmed",
@@ -239,19 +254,19 @@ def split_report(tokenized: Dataset) -> dict:
         if reason is not None:
             dropped[reason] += 1
             first.setdefault(reason, {"index": index, "detail": detail or DROP_REASONS[reason]})
-    expanded: dict[int, list[int]] = {}
-    for index, is_kept, is_expanded, n in zip(
-        cols["index"], kept, cols["expanded"], cols["untruncated_tokens"], strict=True
+    expanded: dict[str, dict[int, list[int]]] = {}  # reason -> source row -> its examples' token counts
+    for index, is_kept, why, n in zip(
+        cols["index"], kept, cols["expansion"], cols["untruncated_tokens"], strict=True
     ):
-        if is_kept and is_expanded:
-            expanded.setdefault(index, []).append(n)
+        if is_kept and why:
+            expanded.setdefault(why, {}).setdefault(index, []).append(n)
     tokens = [n for n, k in zip(cols["num_tokens"], kept, strict=True) if k]
     seen = {}  # per source row: trimmed counts are repeated on each of its records
     for index, lead, trail in zip(
         cols["index"], cols["leading_trimmed"], cols["trailing_trimmed"], strict=True
     ):
         seen[index] = (lead, trail)
-    one_each = sum(max(ns) for ns in expanded.values())
+    by_reason = {why: _expansion(rows) for why, rows in expanded.items()}
     return {
         "rows": len(seen),
         "kept": len({i for i, k in zip(cols["index"], kept, strict=True) if k}),
@@ -261,16 +276,25 @@ def split_report(tokenized: Dataset) -> dict:
         "truncated": sum(t for t, k in zip(cols["truncated"], kept, strict=True) if k),
         "trailing_user_turns_trimmed": sum(1 for _, t in seen.values() if t),
         "leading_assistant_turns_trimmed": sum(1 for lead, _ in seen.values() if lead),
-        "expanded_conversations": len(expanded),
-        "expanded_examples": sum(len(ns) for ns in expanded.values()),
-        "expansion_extra_tokens_pct": round(100 * (sum(map(sum, expanded.values())) / one_each - 1), 1)
-        if one_each
-        else 0.0,
+        "expanded_conversations": sum(e["conversations"] for e in by_reason.values()),
+        "expanded_examples": sum(e["examples"] for e in by_reason.values()),
+        "expansion_extra_tokens_pct": _expansion(
+            {i: n for rows in expanded.values() for i, n in rows.items()}
+        )["extra_tokens_pct"],
+        "expanded_by": by_reason,
         "appended_eos": sum(cols["appended_eos"]),
         "boundary_merged": sum(cols["boundary_merged"]),
         "tokens": sum(tokens),
         "max_tokens": max(tokens, default=0),
     }
+
+
+def _expansion(rows: dict[int, list[int]]) -> dict:
+    """Conversations, examples, and the extra tokens of training each turn alone (against the longest
+    example of each conversation, which holds the whole conversation)."""
+    one_each = sum(max(ns) for ns in rows.values())
+    extra = round(100 * (sum(map(sum, rows.values())) / one_each - 1), 1) if one_each else 0.0
+    return {"conversations": len(rows), "examples": sum(map(len, rows.values())), "extra_tokens_pct": extra}
 
 
 def warnings(split: str, rep: dict) -> list[str]:
@@ -280,11 +304,10 @@ def warnings(split: str, rep: dict) -> list[str]:
         f"{rep['drop_first'][reason]['detail']})"
         for reason, n in rep["dropped"].items()
     ]
-    if rep["expanded_conversations"]:
+    for why, e in rep.get("expanded_by", {}).items():
         lines.append(
-            f"{split}: {rep['expanded_conversations']} conversations expanded into {rep['expanded_examples']} "
-            "examples, one per assistant turn; the template renders history differently once later turns "
-            f"follow; +{rep['expansion_extra_tokens_pct']}% tokens"
+            f"{split}: {e['conversations']} conversations expanded into {e['examples']} examples, one per "
+            f"assistant turn, because {masking.EXPANSIONS[why]}; +{e['extra_tokens_pct']}% tokens"
         )
     if rep["appended_eos"]:
         lines.append(
@@ -311,6 +334,11 @@ def check_dropped(split: str, rep: dict, max_fraction: float) -> None:
     fix = (
         "fix the data (see `sftlib masks` for the kept rows' indices), or raise dataset.max_dropped_fraction."
     )
+    if "audit_failed" in rep["dropped"]:
+        fix = (
+            "this is a masking bug for this tokenizer and chat template: please report it with the template "
+            "and the first row above. " + fix
+        )
     if "all_trained_tokens_truncated" in rep["dropped"]:
         fix = "raise model.max_seq_length, " + fix
     limit = "leaving none" if not rep["kept"] else f"more than dataset.max_dropped_fraction={max_fraction}"

@@ -1,4 +1,4 @@
-"""Labels for one normalized example (-100 = not trained), for any chat template.
+"""Labels for one normalized example (-100 = not trained), for any chat template and tokenizer.
 
 Assistant turn i of a conversation is trained on exactly what the model generates for it:
 
@@ -6,24 +6,31 @@ Assistant turn i of a conversation is trained on exactly what the model generate
     Q = render(messages[:i + 1])                            # ... followed by its answer
     trained = the tokens of Q after P, up to and including the first stop token
 
-The stop tokens are the tokenizer's EOS plus the model's `generation_config.eos_token_id`
-(`modeling.stop_token_ids`). No answer is ever located by searching for its text, so think blocks,
-channel headers (gpt-oss) and several end tokens (cohere2) are trained where the template makes
-the model generate them, and nothing after the stop token is (ChatML's "\\n" after `<|im_end|>`).
+and the tokens before that span are `tokenizer(P)`, the prompt tokenized alone, as a server does.
+Rendering passes the row's `tools` and chat-template arguments, so tool calls, tool results and
+reasoning render as at inference. The stop tokens are the tokenizer's EOS plus the model's
+`generation_config.eos_token_id` (`modeling.stop_token_ids`). No answer is ever located by
+searching for its text, so think blocks, tool calls, channel headers (gpt-oss) and several end
+tokens (cohere2) are trained where the template makes the model generate them, and nothing after
+the stop token is (ChatML's "\\n" after `<|im_end|>`).
 
-Two cases need more than one rendering:
-- Some templates end P with a prefill that an answered turn lacks (DeepSeek-R1/V3's `<think>\\n`).
-  Then training starts where P and Q diverge, provided they diverge inside the generation prompt
-  (the history before it is the same); otherwise the row is dropped (`history_changes`).
-- Some templates render earlier turns differently once later turns follow (Qwen3 drops earlier
-  reasoning, gpt-oss earlier analysis). If a turn's P + trained span is not where the full
-  conversation has it, the conversation is expanded (under `all_assistant`) into one example per
-  assistant turn, each Q_i with its history as the model sees it at inference.
+A conversation is one example when every turn sits in the full rendering as above. Otherwise it is
+expanded (under `all_assistant`) into one example per assistant turn, `tokenizer(P_i)` followed by
+the tokens of Q_i after P_i, and the reason is reported:
+- the template renders earlier turns differently once later turns follow (Qwen3 drops earlier
+  reasoning, gpt-oss earlier analysis);
+- tokens merge differently in history: the answer starts with a character that BPE merges with the
+  end of the generation prompt (`<think>\\n` + `\\n</think>`), so the model generates a split token that a
+  later turn's prompt, tokenized alone, merges.
 
-A template that ends the conversation with the answer and nothing after it (GLM-4.5: the next
-turn's `<|user|>` is the stop token) gets the tokenizer's EOS appended, so the model learns to stop.
-String prompt/completion and plain text follow TRL exactly. A row that can't be masked raises
-`DropExample(reason, detail)`; `sftlib.dataset` counts the reasons per split.
+Some templates end P with a prefill that an answered turn lacks (DeepSeek-R1/V3's `<think>\\n`).
+Then training starts where P and Q diverge, provided they diverge inside the generation prompt;
+otherwise the row is dropped (`history_changes`). A template that ends the conversation with the
+answer and nothing after it (GLM-4.5) gets the tokenizer's EOS appended. A field the template does
+not render for a trained turn (reasoning, tool calls, tool results, tool schemas) drops the row as
+`not_rendered`: it is never trained as if it were not there. String prompt/completion and plain
+text follow TRL exactly. A row that can't be masked raises `DropExample(reason, detail)`;
+`sftlib.dataset` counts the reasons per split.
 """
 
 from __future__ import annotations
@@ -31,21 +38,31 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from sftlib import data, scoring
+from sftlib import chat, data
 from sftlib.data import DropExample
 from sftlib.errors import SftlibError
 
 IGNORE = -100
 
+# Why a conversation became one example per turn (Tokens.expansion; dataset reports each).
+RENDERS_HISTORY = "renders"
+TOKENIZES_HISTORY = "tokenizes"
+EXPANSIONS = {
+    RENDERS_HISTORY: "the template renders history differently once later turns follow",
+    TOKENIZES_HISTORY: "a turn's tokens merge differently in history than where the model generated them",
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class Turn:
     """One trained assistant turn: `text` is Q (the conversation rendered up to and including it),
-    `start` the character where the model's generation begins in it."""
+    `start` the character where the model's generation begins in it, `prompt_ids` the tokens of
+    Q[:start] tokenized alone (what a server feeds the model)."""
 
     message: int
     text: str
     start: int
+    prompt_ids: tuple[int, ...]
     answer: str  # the message's answer text (after any reasoning block), stripped
 
 
@@ -56,28 +73,35 @@ class Tokens:
     input_ids: list[int]
     labels: list[int]
     turns: list[int]  # message indices of the trained assistant turns
-    expanded: bool = False  # one of several examples made from one conversation
+    expansion: str = ""  # one of several examples made from one conversation: a key of EXPANSIONS
     appended_eos: bool = False  # the template ended the conversation without a stop token
     boundary_merged: bool = False  # string prompt/completion: a token spans the boundary (as TRL warns)
     rendered: list[Turn] = dataclasses.field(
         default_factory=list, repr=False
     )  # the turns' P/Q, for the audit
 
+    @property
+    def expanded(self) -> bool:
+        return bool(self.expansion)
+
 
 def tokenize_example(
-    example: dict, tokenizer, stop_ids=None, train_on: str = "all_assistant"
+    example: dict, tokenizer, stop_ids=None, train_on: str = "all_assistant", template_kwargs=None
 ) -> tuple[list[Tokens], data.Conversation | None]:
     """A normalized example (sftlib.data) -> ([Tokens, ...], the cleaned conversation or None).
 
-    `stop_ids`: the model's stop token ids (default: the tokenizer's EOS). A conversation gives one
-    example, or one per trained turn when the template renders history differently. Raises
-    DropExample.
+    `stop_ids`: the model's stop token ids (default: the tokenizer's EOS). `template_kwargs`: the
+    configured chat-template arguments (dataset.chat_template_kwargs); a row's own `tools` and
+    `chat_template_kwargs` are added. A conversation gives one example, or one per trained turn (see
+    the module docstring). Raises DropExample.
     """
     stop_ids = frozenset(stop_ids or [tokenizer.eos_token_id])
     if data.is_chat(example):
         conversation = data.conversation(example)
         turns = trained_turns(conversation, train_on)
-        return chat_tokens(conversation.messages, turns, tokenizer, stop_ids, train_on), conversation
+        context = template_context(example, template_kwargs)
+        examples = chat_tokens(conversation.messages, turns, tokenizer, stop_ids, train_on, context)
+        return examples, conversation
     if "prompt" in example:
         return [prompt_completion_tokens(example["prompt"], example["completion"], tokenizer)], None
     if "text" in example:
@@ -87,11 +111,21 @@ def tokenize_example(
     )
 
 
+def template_context(example: dict, template_kwargs: dict | None = None) -> dict:
+    """The keyword arguments a row is rendered with: its `tools`, the configured chat-template
+    arguments, then the row's own `chat_template_kwargs` (as TRL passes them)."""
+    return {
+        "tools": example.get("tools") or None,
+        **(template_kwargs or {}),
+        **(example.get("chat_template_kwargs") or {}),
+    }
+
+
 def trained_turns(conversation: data.Conversation, train_on: str) -> list[int]:
     turns = [
         i
         for i, m in enumerate(conversation.messages)
-        if m["role"] == "assistant" and i >= conversation.first_trainable
+        if m["role"] == chat.TRAINED_ROLE and i >= conversation.first_trainable
     ]
     if train_on == "last_assistant":
         return turns[-1:]
@@ -103,79 +137,149 @@ def trained_turns(conversation: data.Conversation, train_on: str) -> list[int]:
 # --------------------------------------------------------------------------- conversations
 
 
-def render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
+def render(
+    tokenizer, messages: list[dict], generation_prompt: bool = False, context: dict | None = None
+) -> str:
     """The chat template's text; a template that raises on this row drops it (`template_error`)."""
     try:
         return tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=generation_prompt
+            messages, tokenize=False, add_generation_prompt=generation_prompt, **(context or {})
         )
     except Exception as exc:  # jinja's TemplateError, raise_exception(...), a missing key: the row's shape
         raise DropExample("template_error", f"{type(exc).__name__}: {exc}") from None
 
 
-def generation_turn(messages: list[dict], i: int, tokenizer) -> Turn:
+def prompt_ids(tokenizer, text: str) -> tuple[int, ...]:
+    """`text` tokenized alone, as a server tokenizes a rendered prompt (the template wrote the specials)."""
+    return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def generation_turn(messages: list[dict], i: int, tokenizer, context: dict | None = None) -> Turn:
     """Q for assistant turn `i`, and where the model's generation starts in it (see module docstring)."""
-    prompt, answered = render(tokenizer, messages[:i], True), render(tokenizer, messages[: i + 1])
-    answer = scoring.answer(messages[i]["content"])
+    prompt = render(tokenizer, messages[:i], True, context)
+    answered = render(tokenizer, messages[: i + 1], False, context)
+    answer = chat.answer(messages[i].get("content") or "")
     if answered.startswith(prompt):
-        return Turn(i, answered, len(prompt), answer)
-    start = len(os.path.commonprefix([prompt, answered]))
-    history = len(os.path.commonprefix([render(tokenizer, messages[:i]), prompt]))
-    if start < history:  # they differ before the generation prompt: the turn changes its own history
+        start = len(prompt)
+    else:
+        start = len(os.path.commonprefix([prompt, answered]))
+        history = len(os.path.commonprefix([render(tokenizer, messages[:i], False, context), prompt]))
+        if start < history:  # they differ before the generation prompt: the turn changes its own history
+            raise DropExample(
+                "history_changes",
+                f"assistant turn {i}: the conversation renders differently before its generation prompt once "
+                f"the turn is answered; with the prompt: {_around(prompt, start)}; answered: "
+                f"{_around(answered, start)}. Fix: set dataset.train_on: last_assistant, or choose another "
+                "template (model.chat_template).",
+            )
+    turn = Turn(i, answered, start, prompt_ids(tokenizer, answered[:start]), answer)
+    check_rendered(messages, turn, prompt, context)
+    return turn
+
+
+def check_rendered(messages: list[dict], turn: Turn, prompt: str, context: dict | None) -> None:
+    """Drop the row (`not_rendered`) when the template leaves out a field of this turn or its prompt:
+    reasoning or tool calls of the trained turn, tool results before it, or the tool schemas. A
+    field the template drops is never trained as if the row did not have it."""
+    message, generated = messages[turn.message], turn.text[turn.start :]
+    missing = []
+    found = chat.reasoning(message)
+    if found and found[1].strip() not in generated:
+        missing.append(f"{found[0]} of assistant turn {turn.message}")
+    for call in message.get("tool_calls") or []:
+        function = call["function"]
+        if function["name"] not in generated or any(str(k) not in generated for k in function["arguments"]):
+            missing.append(f"tool call {function['name']!r} of assistant turn {turn.message}")
+            break
+    for k, m in enumerate(messages[: turn.message]):
+        if m["role"] in chat.TOOL_ROLES and (m.get("content") or "").strip() not in prompt:
+            missing.append(f"the {m['role']} result in message {k}")
+            break
+    tools = (context or {}).get("tools")
+    absent = [name for name in chat.tool_names(tools) if name not in prompt]
+    if absent:
+        missing.append(f"the tool schema(s) {', '.join(absent)} (the `tools` column)")
+    if missing:
         raise DropExample(
-            "history_changes",
-            f"assistant turn {i}: the conversation renders differently before its generation prompt once "
-            f"the turn is answered; with the prompt: {_around(prompt, start)}; answered: {_around(answered, start)}. "
-            "Fix: set dataset.train_on: last_assistant, or choose another template (model.chat_template).",
+            "not_rendered",
+            f"the chat template does not render {'; '.join(missing)}, so the model would be trained as if "
+            "the row did not hold it. Fix: a template that renders it (model.chat_template), e.g. qwen3 for "
+            "reasoning_content and tool calls, or remove the field from the data.",
         )
-    return Turn(i, answered, start, answer)
 
 
 def chat_tokens(
-    messages, turns: list[int], tokenizer, stop_ids: frozenset[int], train_on: str
+    messages,
+    turns: list[int],
+    tokenizer,
+    stop_ids: frozenset[int],
+    train_on: str,
+    context: dict | None = None,
 ) -> list[Tokens]:
     if not getattr(tokenizer, "is_fast", False):
         raise SftlibError("masking conversations needs a fast tokenizer (for character offsets).")
-    rendered = [generation_turn(messages, i, tokenizer) for i in turns]
+    rendered = [generation_turn(messages, i, tokenizer, context) for i in turns]
     # Q of a conversation's final turn is the whole conversation: no need to render it again.
-    full = rendered[-1].text if turns[-1] == len(messages) - 1 else render(tokenizer, messages)
-    try:  # one example, if every turn sits in the full rendering where its own rendering has it
-        ids, labels, ends, appended = label_spans(full, rendered, tokenizer, stop_ids)
-        if all(
-            full.startswith(t.text[: min(end, len(t.text))]) for t, end in zip(rendered, ends, strict=True)
-        ):
-            return [Tokens(ids, labels, turns, appended_eos=appended, rendered=rendered)]
-        moved = "renders earlier turns differently once later turns follow"
-    except DropExample as drop:
-        if train_on != "all_assistant" or len(turns) < 2:
+    full = (
+        rendered[-1].text if turns[-1] == len(messages) - 1 else render(tokenizer, messages, False, context)
+    )
+    try:
+        one, why = single_example(full, rendered, tokenizer, stop_ids)
+    except DropExample:
+        if len(turns) < 2:
             raise
-        moved = drop.detail
-    if train_on != "all_assistant" or len(turns) < 2:
-        raise DropExample("history_changes", f"the template {moved}.")
-    examples = []
-    for turn in rendered:
-        ids, labels, _, appended = label_spans(turn.text, [turn], tokenizer, stop_ids)
-        examples.append(
-            Tokens(ids, labels, [turn.message], expanded=True, appended_eos=appended, rendered=[turn])
-        )
-    return examples
+        one, why = None, RENDERS_HISTORY  # a later turn's rendering moves an earlier turn's stop token
+    if one is not None:
+        return [one]
+    # One example per turn. (`last_assistant` trains one turn, which is then one example as it is.)
+    expansion = why if len(turns) > 1 else ""
+    return [turn_example(turn, tokenizer, stop_ids, expansion) for turn in rendered]
 
 
-def label_spans(text: str, turns: list[Turn], tokenizer, stop_ids: frozenset[int]):
-    """Tokenize `text` and train each turn from its start up to and including the first stop token.
+def single_example(full: str, rendered: list[Turn], tokenizer, stop_ids) -> tuple[Tokens | None, str]:
+    """The conversation as one example, or (None, the EXPANSIONS key saying why it can't be one).
 
-    Returns (input_ids, labels, end character of each trained span, whether EOS was appended).
-    The stop token must start inside the turn's own rendering Q or right after it (GLM-4.5's next
-    turn opens with its stop token `<|user|>`). If the text ends with the answer and no stop token
-    follows, EOS is appended.
+    One example holds when each turn's rendering up to its stop token is where the full conversation
+    has it, and the tokens before each trained span are that turn's prompt tokenized alone.
     """
-    ids, offsets = tokenize_at(text, [t.start for t in turns], tokenizer)
-    labels, ends, appended = [IGNORE] * len(ids), [], False
-    starts = {}
-    for k, (a, _) in enumerate(offsets):
-        starts.setdefault(a, k)
-    for turn in turns:
-        k = starts[turn.start]
+    ids, offsets = tokenize_at(full, [t.start for t in rendered], tokenizer)
+    labels, spans, appended = label_spans(ids, offsets, full, rendered, tokenizer, stop_ids)
+    for turn, (k, stop) in zip(rendered, spans, strict=True):
+        end = min(offsets[stop][1], len(turn.text))
+        if not full.startswith(turn.text[:end]):
+            return None, RENDERS_HISTORY
+        if tuple(ids[:k]) != turn.prompt_ids:
+            return None, TOKENIZES_HISTORY
+    turns = [t.message for t in rendered]
+    return Tokens(ids, labels, turns, appended_eos=appended, rendered=rendered), ""
+
+
+def turn_example(turn: Turn, tokenizer, stop_ids, expansion: str) -> Tokens:
+    """Turn `turn` alone: its prompt tokenized alone, then the tokens of Q after it, by construction."""
+    enc = tokenizer(turn.text[turn.start :], add_special_tokens=False, return_offsets_mapping=True)
+    k = len(turn.prompt_ids)
+    ids = [*turn.prompt_ids, *enc["input_ids"]]
+    offsets = [(0, turn.start)] * k + [(a + turn.start, b + turn.start) for a, b in enc["offset_mapping"]]
+    labels, _, appended = label_spans(ids, offsets, turn.text, [turn], tokenizer, stop_ids, starts=[k])
+    return Tokens(ids, labels, [turn.message], expansion=expansion, appended_eos=appended, rendered=[turn])
+
+
+def label_spans(ids, offsets, text: str, turns: list[Turn], tokenizer, stop_ids, starts=None):
+    """Train each turn from its first token up to and including the first stop token.
+
+    `starts`: each turn's first token (default: the token that begins at its start character).
+    Returns (labels, [(first token, stop token)] per turn, whether EOS was appended); appending grows
+    `ids` and `offsets`. The stop token must start inside the turn's own rendering Q or right after
+    it (GLM-4.5's next turn opens with its stop token `<|user|>`). If the text ends with the answer
+    and no stop token follows, EOS is appended.
+    """
+    if starts is None:
+        first = {}
+        for k, (a, _) in enumerate(offsets):
+            first.setdefault(a, k)
+        starts = [first[t.start] for t in turns]
+    labels, spans, appended = [IGNORE] * len(ids), [], False
+    for turn, k in zip(turns, starts, strict=True):
         stop = next((j for j in range(k, len(ids)) if ids[j] in stop_ids), None)
         if stop is not None and offsets[stop][0] > len(turn.text):
             stop = None  # a later turn's stop token
@@ -185,8 +289,8 @@ def label_spans(text: str, turns: list[Turn], tokenizer, stop_ids: frozenset[int
             labels.append(IGNORE)
             appended = True
         labels[k : stop + 1] = ids[k : stop + 1]
-        ends.append(offsets[stop][1])
-    return ids, labels, ends, appended
+        spans.append((k, stop))
+    return labels, spans, appended
 
 
 def tokenize_at(text: str, cuts: list[int], tokenizer) -> tuple[list[int], list[tuple[int, int]]]:
@@ -288,21 +392,26 @@ def trained_runs(labels: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
-def audit(tokens: Tokens, example: dict, tokenizer, stop_ids=None) -> None:
-    """Check where the trained tokens sit, not only what they decode to; SftlibError on a mismatch.
+def audit(tokens: Tokens, example: dict, tokenizer, stop_ids=None, template_kwargs=None) -> None:
+    """Check where the trained tokens sit, not only what they decode to; DropExample("audit_failed") on
+    a mismatch, so one row the audit can't accept is a counted drop, never the end of a run.
 
-    Conversation: each trained run is one trained turn; everything before it decodes to the turn's
-    own rendering up to where generation starts (so the run sits exactly there), the run ends with
-    its first stop token, decodes to the text the template renders there, and holds the turn's
+    Conversation: each trained run is one trained turn; the tokens before it are the turn's prompt
+    tokenized alone (as at inference, so the run sits exactly where generation starts), the run ends
+    with its first stop token, decodes to the text the template renders there, and holds the turn's
     answer. Prompt/completion: one run that ends the text and holds the completion + eos. Text:
-    everything + eos. Run on untruncated tokens. The turns' renderings come with `tokens` when masking
-    made them, and are rendered again otherwise.
+    everything + eos. Texts are compared as they are, then in the tokenizer's own terms (decoded
+    after encoding: Qwen's tokenizers normalize to NFC). Run on untruncated tokens. The turns'
+    renderings come with `tokens` when masking made them, and are rendered again otherwise.
     """
     ids, labels = tokens.input_ids, tokens.labels
     stop_ids = frozenset(stop_ids or [tokenizer.eos_token_id])
 
     def decode(a, b):
         return tokenizer.decode(ids[a:b], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def holds(check, *texts) -> bool:  # check(texts) as written, or as the tokenizer reads them
+        return check(*texts) or check(*(_as_tokenized(tokenizer, t) for t in texts))
 
     runs = trained_runs(labels)
     if data.is_chat(example):
@@ -313,32 +422,46 @@ def audit(tokens: Tokens, example: dict, tokenizer, stop_ids=None) -> None:
             else f"{len(runs)} trained runs for {len(tokens.turns)} turns"
         )
         rendered = {t.message: t for t in tokens.rendered}
+        context = template_context(example, template_kwargs)
         for (a, b), i in zip(runs, tokens.turns, strict=False):
             if problem:
                 break
-            turn = rendered.get(i) or generation_turn(messages, i, tokenizer)
+            turn = rendered.get(i) or generation_turn(messages, i, tokenizer, context)
             body, run = decode(a, b - 1), decode(a, b)
-            answer = scoring.answer(messages[i]["content"])
-            if decode(0, a) != turn.text[: turn.start]:
-                problem = f"turn {i}: the trained run does not start where the model's generation starts"
+            if tuple(ids[:a]) != turn.prompt_ids:
+                problem = (
+                    f"turn {i}: the trained run does not start where the model's generation starts (the "
+                    "tokens before it are not the prompt tokenized alone, as at inference)"
+                )
             elif ids[b - 1] not in stop_ids or any(t in stop_ids for t in ids[a : b - 1]):
                 problem = f"turn {i}: the trained run does not end with its first stop token"
-            elif not (turn.text[turn.start :].startswith(run) or body == turn.text[turn.start :]):
+            elif not holds(
+                lambda g, run=run, body=body: g.startswith(run) or body == g, turn.text[turn.start :]
+            ):
                 problem = f"turn {i}: the trained run {run!r} is not the text the template renders there"
-            elif answer not in run:
-                problem = f"turn {i}: the trained run {run!r} does not hold the answer {answer!r}"
+            elif not holds(lambda answer, run=run: answer in run, turn.answer):
+                problem = f"turn {i}: the trained run {run!r} does not hold the answer {turn.answer!r}"
     else:
         eos = tokenizer.eos_token
         body = example.get("completion", example.get("text"))
         body = body if body.endswith(eos) else body + eos
         full = (example.get("prompt") or "") + body
         decoded = [decode(a, b) for a, b in runs]
-        ok = len(decoded) == 1 and full.endswith(decoded[0]) and len(decoded[0]) >= len(body)
-        if "text" in example:
-            ok = ok and decoded[0] == body
-        problem = None if ok else f"trained tokens decode to {decoded!r}, expected {body!r} at the end"
-    if problem:
-        raise SftlibError(
-            f"mask audit failed for example {example.get('index', '?')}: {problem}.",
-            "this is a masking bug for this tokenizer/chat template: please report it with the template.",
+
+        def ok(full, body):
+            fits = len(decoded) == 1 and full.endswith(decoded[0]) and len(decoded[0]) >= len(body)
+            return fits and (decoded[0] == body if "text" in example else True)
+
+        problem = (
+            None
+            if holds(ok, full, body)
+            else f"trained tokens decode to {decoded!r}, expected {body!r} at the end"
         )
+    if problem:
+        raise DropExample("audit_failed", f"example {example.get('index', '?')}: {problem}")
+
+
+def _as_tokenized(tokenizer, text: str) -> str:
+    """`text` as the tokenizer reads it: encoded and decoded (its normalizer applied)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)

@@ -10,16 +10,11 @@ import collections
 import re
 import string
 
+from sftlib.chat import answer
 from sftlib.errors import SftlibError
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
-
-
-def answer(text: str) -> str:
-    """What is scored: the text after a reasoning block (`<think>...</think>`), stripped. A reasoning
-    model's thoughts are not its answer; exact match and F1 compare answers."""
-    return text.rsplit("</think>", 1)[-1].strip()
 
 
 def exact_match(prediction: str | None, reference: str | None) -> bool:

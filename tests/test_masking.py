@@ -410,13 +410,15 @@ def test_audit_rejects_a_wrong_mask(tokenizer):
     example = {"messages": chat("u Hi", "a Hello."), "index": 3}
     out = one(example, tokenizer)
     everything = masking.Tokens(out.input_ids, list(out.input_ids), out.turns)
-    with pytest.raises(SftlibError, match="mask audit failed for example 3"):
+    with pytest.raises(
+        data.DropExample, match="audit_failed: example 3: turn 1: the trained run does not start"
+    ):
         masking.audit(everything, example, tokenizer)
     shifted = masking.Tokens(out.input_ids, [-100] + out.labels[:-1], out.turns)  # trains "\n" not "H"
-    with pytest.raises(SftlibError, match="does not start where the model's generation starts"):
+    with pytest.raises(data.DropExample, match="does not start where the model's generation starts"):
         masking.audit(shifted, example, tokenizer)
     no_stop = masking.Tokens(out.input_ids, out.labels[:-2] + [-100, -100], out.turns)
-    with pytest.raises(SftlibError, match="does not end with its first stop token"):
+    with pytest.raises(data.DropExample, match="does not end with its first stop token"):
         masking.audit(no_stop, example, tokenizer)
 
 
