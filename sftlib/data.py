@@ -3,12 +3,16 @@
 Canonical columns after `normalize` (the ones `trl.SFTTrainer` understands), plus `index`, the
 example's row in its source split, so that every tokenized example can be traced back:
 
-- `messages`: list of {role, content}             (formats messages, sharegpt, alpaca)
+- `messages`: list of messages                    (formats messages, sharegpt, alpaca)
 - `prompt`, `completion`: strings, or message lists (format prompt_completion)
 - `text`: a string, trained on entirely            (format text)
+- `tools`, `chat_template_kwargs`: the row's tool schemas and chat-template arguments, when the
+  source has these columns (JSON strings are parsed); rendering passes them to the template
 
-Normalization only reshapes. `conversation` checks a conversation's roles and order when it is
-tokenized, where a bad row becomes a counted drop reason (`DropExample`) instead of a crash.
+A message keeps every key the template may read (`tool_calls`, `tool_call_id`, `name`,
+`reasoning_content`, `thinking`, ...), stored as JSON so rows of different shapes share a column.
+Normalization only reshapes. `conversation` checks a conversation's roles, order and tool calls when
+it is tokenized, where a bad row becomes a counted drop reason (`DropExample`) instead of a crash.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-from datasets import Dataset, DatasetDict, Features, List, Value
+from datasets import Dataset, DatasetDict, Features, Json, Value
 
+from sftlib import chat
 from sftlib.config import DatasetConfig
 from sftlib.errors import SftlibError
 
@@ -40,7 +45,12 @@ SHAREGPT_ROLES = {
     "chatgpt": "assistant",  # scraped ShareGPT dumps name the bot by product too
     "bing": "assistant",
     "system": "system",
+    "observation": "tool",  # glaive / LLaMA-Factory: a tool's result
+    "tool": "tool",
 }
+FUNCTION_CALL = "function_call"  # glaive / LLaMA-Factory: an assistant turn that calls tools (JSON value)
+# Row-level columns a chat template reads, kept beside the messages (TRL passes them the same way).
+TEMPLATE_COLUMNS = ("tools", "chat_template_kwargs")
 ACCEPTED = (
     "prompt_completion (prompt, completion), alpaca (instruction, input, output), "
     "messages (messages: [{role, content}]), sharegpt (conversations: [{from, value}]), text (text)"
@@ -99,14 +109,14 @@ def _load_source(ds_cfg: DatasetConfig) -> DatasetDict:
             raise SftlibError(
                 f"dataset.name {name!r} matches no file.", "check the pattern and the working directory."
             )
-        return _load_files(files, ds_cfg.split)
+        return _load_files(files)
     if path.is_file():
-        return _load_files([path], ds_cfg.split)
+        return _load_files([path])
     if path.is_dir():
         if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
             loaded = datasets.load_from_disk(str(path))
-            # A saved single Dataset has no split names: it is the configured split.
-            return loaded if isinstance(loaded, DatasetDict) else DatasetDict({ds_cfg.split: loaded})
+            # A saved single Dataset has no split names: like a single file, it is `train`.
+            return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
         files = sorted(p for p in path.rglob("*") if p.suffix in BUILDERS)
         if not files:
             raise SftlibError(
@@ -131,7 +141,9 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).suffix in BUILDERS or name.count("/") > 1
 
 
-def _load_files(files: list[Path], split: str) -> DatasetDict:
+def _load_files(files: list[Path]) -> DatasetDict:
+    """Files named directly (or by a pattern) are one split, `train`: other splits come from
+    dataset.eval_size, or from a folder of files named by split."""
     suffixes = {f.suffix for f in files}
     if not suffixes <= set(BUILDERS) or len({BUILDERS[s] for s in suffixes}) != 1:
         raise SftlibError(
@@ -140,7 +152,7 @@ def _load_files(files: list[Path], split: str) -> DatasetDict:
         )
     builder = BUILDERS[files[0].suffix]
     return _guard_load(
-        files, lambda: datasets.load_dataset(builder, data_files={split: [str(f) for f in files]})
+        files, lambda: datasets.load_dataset(builder, data_files={"train": [str(f) for f in files]})
     )
 
 
@@ -196,7 +208,8 @@ def _split(dsd: DatasetDict, split: str, name: str) -> Dataset:
     if split not in dsd:
         raise SftlibError(
             f"dataset {name!r} has no split {split!r}; it has: {', '.join(dsd)}.",
-            "set dataset.split / dataset.eval_split to one of those, or use dataset.eval_size.",
+            "set dataset.split / dataset.eval_split to one of those, or hold rows out with dataset.eval_size "
+            "(a single file, or a dataset saved as one, has only `train`).",
         )
     return dsd[split]
 
@@ -290,26 +303,29 @@ def check_columns(ds: Dataset, fmt: str) -> None:
 def normalize(ds: Dataset, fmt: str, num_proc: int | None = None) -> Dataset:
     """Reshape `ds` (in format `fmt`) to canonical columns plus `index` (see the module docstring).
 
-    Messages keep only `role` and `content`; a content or role that is not a string becomes None,
-    which tokenization reports as `non_string_content` / `unknown_role`.
+    Messages keep every key but those Arrow filled with null (`chat.drop_none`); a content or role
+    that is not a string becomes None, which tokenization reports as `non_string_content` /
+    `unknown_role`.
     """
     check_columns(ds, fmt)
     if "index" not in ds.column_names:  # a Dataset built by hand rather than by load_raw
         ds = _with_index(ds)
     # Explicit features: a batch whose contents are all None must not fix the column type to null.
-    string, messages = Value("string"), List({"role": Value("string"), "content": Value("string")})
+    string = Value("string")
     if fmt == "text":
         columns = {"text": string}
     elif fmt == "prompt_completion":
-        kind = messages if len(ds) and isinstance(ds[0]["prompt"], list) else string
+        kind = Json() if len(ds) and isinstance(ds[0]["prompt"], list) else string
         columns = {"prompt": kind, "completion": kind}
     else:
-        columns = {"messages": messages}
+        columns = {"messages": Json()}
+    if fmt != "text":
+        columns |= {c: Json() for c in TEMPLATE_COLUMNS if c in ds.column_names}
     return ds.map(
         _normalize_row,
         fn_kwargs={
             "fmt": fmt,
-            "conversational": columns.get("prompt") is messages,
+            "conversational": isinstance(columns.get("prompt"), Json),
             "code_version": code_version(),
         },
         remove_columns=[c for c in ds.column_names if c != "index"],
@@ -322,17 +338,28 @@ def normalize(ds: Dataset, fmt: str, num_proc: int | None = None) -> Dataset:
 def _normalize_row(row: dict, fmt: str, conversational: bool, code_version: str) -> dict:
     if fmt == "text":
         return {"text": _str_or_none(row["text"])}
+    out = {c: _template_column(row[c]) for c in TEMPLATE_COLUMNS if c in row}
     if fmt == "prompt_completion":
         prompt, completion = row["prompt"], row["completion"]
         if conversational:
-            return {"prompt": _messages(prompt), "completion": _messages(completion)}
-        return {"prompt": _str_or_none(prompt), "completion": _str_or_none(completion)}
+            return out | {"prompt": _messages(prompt), "completion": _messages(completion)}
+        return out | {"prompt": _str_or_none(prompt), "completion": _str_or_none(completion)}
     if fmt == "alpaca":
-        return {"messages": alpaca_to_messages(row)}
+        return out | {"messages": alpaca_to_messages(row)}
     turns = row["messages"] if "messages" in row else row["conversations"]
     if fmt == "sharegpt":
-        return {"messages": sharegpt_to_messages(turns)}
-    return {"messages": _messages(turns)}
+        return out | {"messages": sharegpt_to_messages(turns)}
+    return out | {"messages": _messages(turns)}
+
+
+def _template_column(value: Any) -> Any:
+    """A row's `tools` / `chat_template_kwargs`: JSON strings parsed (as TRL does), nulls dropped."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else None
+        except json.JSONDecodeError:
+            return value  # kept as written: tokenization reports it (`bad_tool_call`)
+    return chat.drop_none(value) or None
 
 
 def alpaca_to_messages(row: dict) -> list[dict]:
@@ -351,21 +378,40 @@ def alpaca_to_messages(row: dict) -> list[dict]:
 
 
 def sharegpt_to_messages(turns: Any) -> list[dict]:
-    """ShareGPT turns ({from, value}; human/gpt/system) to messages. Unknown roles are kept as given."""
+    """ShareGPT turns ({from, value}) to messages. human/gpt/system map to user/assistant/system,
+    `observation` to a `tool` result, and `function_call` (a JSON call, or a list of calls) to an
+    assistant turn with `tool_calls` (a value that is not JSON is kept as a string: `bad_tool_call`).
+    Unknown roles are kept as given."""
     out = []
     for turn in turns if isinstance(turns, list) else []:
         turn = turn if isinstance(turn, dict) else {}
         source = turn.get("from", turn.get("role"))
+        value = _str_or_none(turn.get("value", turn.get("content")))
+        if source == FUNCTION_CALL:
+            try:
+                calls = json.loads(value) if value is not None else None
+            except json.JSONDecodeError:
+                calls = value
+            calls = calls if isinstance(calls, list) else [calls]
+            out.append({"role": "assistant", "content": "", "tool_calls": calls})
+            continue
         role = SHAREGPT_ROLES.get(source, source) if isinstance(source, str) else None
-        out.append({"role": role, "content": _str_or_none(turn.get("value", turn.get("content")))})
+        out.append({"role": role, "content": value})
     return out
 
 
 def _messages(turns: Any) -> list[dict]:
     out = []
     for turn in turns if isinstance(turns, list) else []:
-        turn = turn if isinstance(turn, dict) else {}
-        out.append({"role": _str_or_none(turn.get("role")), "content": _str_or_none(turn.get("content"))})
+        turn = chat.drop_none(turn) if isinstance(turn, dict) else {}
+        message = {
+            **turn,
+            "role": _str_or_none(turn.get("role")),
+            "content": _str_or_none(turn.get("content")),
+        }
+        if message["content"] is None and "content" not in turn and turn.get("tool_calls"):
+            message["content"] = ""  # an OpenAI tool-call turn may leave content out
+        out.append(message)
     return out
 
 
@@ -380,18 +426,20 @@ def is_chat(example: dict) -> bool:
 
 # --------------------------------------------------------------------------- rows that can't be trained
 
-ROLES = ("system", "user", "assistant")
+ROLES = chat.ROLES
 
 # Every way an example can be dropped. Nothing is dropped without one of these in the report.
 DROP_REASONS = {
     "empty_text": "text is empty or whitespace",
     "empty_completion": "the completion is empty, or has no assistant turn",
     "empty_conversation": "no messages",
-    "empty_assistant_turn": "an assistant turn is empty or whitespace",
+    "empty_assistant_turn": "an assistant turn is empty or whitespace and calls no tool",
     "non_string_content": "a prompt, completion, text or message content is not a string (null, number, list)",
-    "unknown_role": "a role other than system/user/assistant (ShareGPT: system/human/gpt)",
+    "unknown_role": "a role other than system/user/assistant/tool/ipython/function (ShareGPT: system/human/gpt/"
+    "function_call/observation)",
+    "bad_tool_call": "a tool call without a function name, or with arguments that are not a JSON object",
     "misplaced_system": "a system message that is not the first message",
-    "repeated_role": "two consecutive messages with the same role",
+    "repeated_role": "two consecutive messages with the same role (other than tool results)",
     "no_assistant_turn": "no assistant turn (after trimming leading assistant and trailing user turns)",
     "template_error": "the chat template raised an error on this row (e.g. a system message it does not support)",
     "history_changes": "the template renders the turn's own history differently once it is answered",
@@ -434,26 +482,44 @@ def conversation(example: dict) -> Conversation:
         messages, first = list(prompt) + list(completion), len(prompt)
     if not messages:
         raise DropExample("empty_conversation")
-    for m in messages:
-        if not isinstance(m.get("content"), str):
-            raise DropExample("non_string_content")
-        if m.get("role") not in ROLES:
-            raise DropExample("unknown_role")
+    messages = [_checked(m) for m in messages]
     system = 1 if messages[0]["role"] == "system" else 0
     leading = 0
     while first == 0 and len(messages) > system and messages[system]["role"] == "assistant":
         messages = messages[:system] + messages[system + 1 :]  # scraped dumps often open with the bot
         leading += 1
     trailing = 0
-    while messages and messages[-1]["role"] == "user":
-        messages, trailing = messages[:-1], trailing + 1
+    while messages and messages[-1]["role"] != "assistant" and len(messages) > first:
+        if messages[-1]["role"] == "system":
+            break
+        messages, trailing = messages[:-1], trailing + 1  # user turns or tool results nothing answers
     roles = [m["role"] for m in messages]
     if "system" in roles[1:]:
         raise DropExample("misplaced_system")
     if "assistant" not in roles[first:]:
         raise DropExample("empty_completion" if first else "no_assistant_turn")
-    if any(a == b for a, b in zip(roles, roles[1:], strict=False)):
+    if any(a == b and a not in chat.TOOL_ROLES for a, b in zip(roles, roles[1:], strict=False)):
         raise DropExample("repeated_role")
-    if any(m["role"] == "assistant" and not m["content"].strip() for m in messages[first:]):
+    if any(
+        m["role"] == "assistant" and not m["content"].strip() and not m.get("tool_calls")
+        for m in messages[first:]
+    ):
         raise DropExample("empty_completion" if first else "empty_assistant_turn")
     return Conversation(messages, first, leading, trailing)
+
+
+def _checked(message: dict) -> dict:
+    """A message with a known role and string content, its tool calls in the templates' shape."""
+    if not isinstance(message.get("content"), str):
+        raise DropExample("non_string_content")
+    if message.get("role") not in ROLES:
+        raise DropExample("unknown_role", f"role {message.get('role')!r}")
+    calls = message.get("tool_calls")
+    if calls is None:
+        return message
+    if message["role"] != "assistant" or not isinstance(calls, list):
+        raise DropExample("bad_tool_call", f"tool_calls on a {message['role']} message, or not a list")
+    try:
+        return {**message, "tool_calls": [chat.tool_call(c) for c in calls]}
+    except chat.BadToolCall as exc:
+        raise DropExample("bad_tool_call", str(exc)) from None

@@ -114,11 +114,16 @@ def tokenize_example(
 def template_context(example: dict, template_kwargs: dict | None = None) -> dict:
     """The keyword arguments a row is rendered with: its `tools`, the configured chat-template
     arguments, then the row's own `chat_template_kwargs` (as TRL passes them)."""
-    return {
-        "tools": example.get("tools") or None,
-        **(template_kwargs or {}),
-        **(example.get("chat_template_kwargs") or {}),
-    }
+    tools, row_kwargs = example.get("tools") or None, example.get("chat_template_kwargs") or {}
+    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+        raise DropExample(
+            "bad_tool_call", f"the row's tools are not a list of JSON schemas: {str(tools)[:80]!r}"
+        )
+    if not isinstance(row_kwargs, dict):
+        raise DropExample(
+            "template_error", f"the row's chat_template_kwargs are not a mapping: {row_kwargs!r}"
+        )
+    return {"tools": tools, **(template_kwargs or {}), **row_kwargs}
 
 
 def trained_turns(conversation: data.Conversation, train_on: str) -> list[int]:

@@ -168,24 +168,35 @@ def test_normalize_sharegpt_maps_roles_to_messages():
     assert norm[0]["messages"][1] == {"role": "assistant", "content": "Paris."}
 
 
-def test_normalize_keeps_only_role_and_content_and_nulls_non_strings():
+def test_normalize_keeps_every_message_key_drops_arrow_nulls_and_nulls_non_strings():
     ds = datasets.Dataset.from_list(
         [
             {
                 "messages": [
                     {"role": "user", "content": "hi", "name": "x"},
-                    {"role": "assistant", "content": "yo"},
+                    {"role": "assistant", "content": "yo", "reasoning_content": "greet"},
                 ]
             }
         ]
     )
+    assert ds[0]["messages"][0]["reasoning_content"] is None  # Arrow's shared schema pads the key
     norm = data.normalize(ds, "messages")
     assert norm[0] == {
-        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+        "messages": [
+            {"role": "user", "content": "hi", "name": "x"},
+            {"role": "assistant", "content": "yo", "reasoning_content": "greet"},
+        ],
         "index": 0,
     }
     bad = data.normalize(load("bad_messages.jsonl")["train"], "messages")
     assert bad[4]["messages"][1]["content"] is None  # a list became None -> non_string_content later
+
+
+def test_a_single_file_has_only_a_train_split():
+    for key in ("split", "eval_split"):
+        with pytest.raises(SftlibError) as err:
+            data.load_raw(DatasetConfig(name=str(FIXTURES / "messages.jsonl"), **{key: "validation"}))
+        assert "no split 'validation'; it has: train" in err.value.message and "eval_size" in err.value.fix
 
 
 def test_normalize_conversational_prompt_completion_keeps_message_lists():
