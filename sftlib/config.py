@@ -47,6 +47,9 @@ class ModelConfig:
     lora_config: LoraSettings = dataclasses.field(default_factory=LoraSettings)
     trust_remote_code: bool = False
     chat_template: str | None = None  # a .jinja file or a template TRL bundles; None: the tokenizer's own
+    # transformers' attention name (sdpa, flash_attention_2, flex_attention, eager, ...) or sftlib's
+    # per-example attention ("sftlib_per_example"); None: the training plan picks (sftlib.plan).
+    attn_implementation: str | None = None
 
 
 @dataclasses.dataclass
@@ -60,13 +63,18 @@ class DatasetConfig:
     format: Literal["auto", "prompt_completion", "alpaca", "messages", "sharegpt", "text"] = "auto"
     columns: dict[str, str] | None = None
     train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
+    # Extra arguments for the chat template, e.g. {enable_thinking: false}; a row's own
+    # `chat_template_kwargs` column adds to them. Generation renders prompts with the same.
+    chat_template_kwargs: dict[str, Any] | None = None
     max_dropped_fraction: float = 0.1
+    # In a mixture, keep this share of the source's train rows (a seeded shuffle); or cap with max_samples.
+    fraction: float | None = None
 
 
 @dataclasses.dataclass
 class RunConfig:
     model: ModelConfig
-    dataset: DatasetConfig
+    dataset: DatasetConfig | list[DatasetConfig]  # one source, or a mixture of several
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
     source: str | None = None  # the YAML file this came from, for messages only
 
@@ -80,17 +88,32 @@ class RunConfig:
         return self.training.get("seed", sft_config_default("seed"))
 
     @property
+    def sources(self) -> list[DatasetConfig]:
+        """The dataset sources: one, or the mixture's in config order."""
+        return self.dataset if isinstance(self.dataset, list) else [self.dataset]
+
+    @property
+    def dataset_label(self) -> str:
+        """The sources' names, for titles and logs."""
+        return " + ".join(s.name for s in self.sources)
+
+    @property
     def dataset_num_proc(self) -> int | None:
         return self.training.get("dataset_num_proc", sft_config_default("dataset_num_proc"))
 
     @property
-    def chunk_tokens(self) -> int | None:
-        """Tokens per forward/backward pass; None: the device's default (sftlib.fastpath)."""
-        return self.training.get("chunk_tokens")
+    def pass_tokens(self) -> int | None:
+        """Tokens per forward/backward pass; None: the training plan chooses (sftlib.plan)."""
+        return self.training.get("pass_tokens")
+
+    @property
+    def merge(self) -> bool:
+        """Whether `sftlib train` merges a LoRA adapter into the base when training ends."""
+        return self.training.get("merge", True)
 
     @property
     def activation_checkpointing(self) -> bool | None:
-        """The config's explicit choice (either spelling); None: sftlib decides (sftlib.fastpath)."""
+        """The config's explicit choice (either spelling); None: sftlib decides (sftlib.plan)."""
         return next((self.training[k] for k in DECIDED_WHEN_NULL if self.training.get(k) is not None), None)
 
     def to_dict(self) -> dict[str, Any]:
@@ -205,11 +228,27 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
         lora_config=_build(LoraSettings, lora_raw, "model.lora_config"),
         **_fields(ModelConfig, model_raw, "model", skip={"lora_config"}),
     )
-    dataset = _build(DatasetConfig, _section(raw, "dataset"), "dataset")
+    dataset = _dataset(raw["dataset"])
     training = validate_training(_section(raw, "training") if raw.get("training") is not None else {})
     cfg = RunConfig(model=model, dataset=dataset, training=training)
     _check_cross_fields(cfg)
     return cfg
+
+
+def _dataset(raw) -> DatasetConfig | list[DatasetConfig]:
+    """One source (a mapping), or a mixture (a list of mappings, each a full source)."""
+    if not isinstance(raw, list):
+        return _build(DatasetConfig, _section({"dataset": raw}, "dataset"), "dataset")
+    if not raw:
+        raise SftlibError("`dataset` is an empty list.", "give one source mapping, or a list of them.")
+    sources = []
+    for k, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise SftlibError(
+                f"`dataset[{k}]` must be a mapping (name, split, ...), got {type(item).__name__}."
+            )
+        sources.append(_build(DatasetConfig, item, f"dataset[{k}]"))
+    return sources
 
 
 def _section(raw: dict, name: str) -> dict:
@@ -344,16 +383,21 @@ _OWNED = {
 
 # `training` keys that sftlib reads itself (they are not SFTConfig fields), with their types.
 SFTLIB_TRAINING = {
-    # Tokens per forward/backward pass: bounds activation memory (see sftlib.fastpath). None: per device.
-    "chunk_tokens": int | None,
+    # Tokens per forward/backward pass: bounds activation memory (see sftlib.plan). None: timed or per device.
+    "pass_tokens": int | None,
+    # Merge a LoRA adapter into the base once training ends (after the ranks have left); false: `sftlib merge` later.
+    "merge": bool,
 }
+# Old `training` keys, still read, with the key that replaced them (a warning names it).
+RENAMED_TRAINING = {"chunk_tokens": "pass_tokens"}
 
 
-# SFTConfig fields where null means "sftlib decides" (the fast path measures memory; see sftlib.fastpath).
+# SFTConfig fields where null means "sftlib decides" (the plan measures memory; see sftlib.plan).
 DECIDED_WHEN_NULL = ("activation_checkpointing", "gradient_checkpointing")
 
 
 def validate_training(raw: dict[str, Any]) -> dict[str, Any]:
+    raw = _renamed_training_keys(raw)
     fields = {**sft_config_fields(), **SFTLIB_TRAINING}
     _check_keys(raw, fields, "training")
     for key, value in raw.items():
@@ -362,16 +406,35 @@ def validate_training(raw: dict[str, Any]) -> dict[str, Any]:
         if key in _OWNED:
             raise SftlibError(f"`training.{key}` is set by sftlib.", f"use {_OWNED[key]} instead.")
         _check_type(value, fields[key], f"training.{key}")
-    if raw.get("chunk_tokens") is not None and raw["chunk_tokens"] < 1:
+    if raw.get("pass_tokens") is not None and raw["pass_tokens"] < 1:
         raise SftlibError(
-            f"training.chunk_tokens must be a positive number of tokens, got {raw['chunk_tokens']}.",
-            "set e.g. training.chunk_tokens: 512, or null to let sftlib time the pass size.",
+            f"training.pass_tokens must be a positive number of tokens, got {raw['pass_tokens']}.",
+            "set e.g. training.pass_tokens: 512, or null to let sftlib time the pass size.",
         )
     return dict(raw)
 
 
+def _renamed_training_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw` with each old key (RENAMED_TRAINING) under its new name; a warning names the new key."""
+    out = dict(raw)
+    for old, new in RENAMED_TRAINING.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise SftlibError(
+                f"training.{old} and training.{new} are both set.", f"keep training.{new} only."
+            )
+        logging.getLogger("sftlib").warning(
+            "warning: training.%s is deprecated; it is now training.%s (same meaning). Rename it in the config.",
+            old,
+            new,
+        )
+        out[new] = out.pop(old)
+    return out
+
+
 def _check_cross_fields(cfg: RunConfig) -> None:
-    m, d = cfg.model, cfg.dataset
+    m = cfg.model
     if m.max_seq_length <= 0:
         raise SftlibError(f"model.max_seq_length must be positive, got {m.max_seq_length}.")
     if m.load_in_4bit and not m.use_lora:
@@ -385,17 +448,26 @@ def _check_cross_fields(cfg: RunConfig) -> None:
         raise SftlibError(
             f"model.lora_config.lora_dropout must be in [0, 1), got {m.lora_config.lora_dropout}."
         )
-    if d.eval_split and d.eval_size:
-        raise SftlibError("dataset.eval_split and dataset.eval_size are both set.", "keep one of them.")
-    if isinstance(d.eval_size, float) and not 0 < d.eval_size < 1:
-        raise SftlibError(f"dataset.eval_size as a fraction must be in (0, 1), got {d.eval_size}.")
-    if d.max_samples is not None and d.max_samples <= 0:
-        raise SftlibError(f"dataset.max_samples must be positive, got {d.max_samples}.")
-    if not 0 <= d.max_dropped_fraction <= 1:
-        raise SftlibError(f"dataset.max_dropped_fraction must be in [0, 1], got {d.max_dropped_fraction}.")
+    for n, d in enumerate(cfg.sources):
+        _check_source(d, "dataset" if not isinstance(cfg.dataset, list) else f"dataset[{n}]")
     bf16, fp16 = cfg.training.get("bf16"), cfg.training.get("fp16")
     if bf16 and fp16:
         raise SftlibError("training.bf16 and training.fp16 are both true.", "pick one mixed precision.")
+
+
+def _check_source(d: DatasetConfig, where: str) -> None:
+    if d.eval_split and d.eval_size:
+        raise SftlibError(f"{where}.eval_split and {where}.eval_size are both set.", "keep one of them.")
+    if isinstance(d.eval_size, float) and not 0 < d.eval_size < 1:
+        raise SftlibError(f"{where}.eval_size as a fraction must be in (0, 1), got {d.eval_size}.")
+    if d.max_samples is not None and d.max_samples <= 0:
+        raise SftlibError(f"{where}.max_samples must be positive, got {d.max_samples}.")
+    if not 0 <= d.max_dropped_fraction <= 1:
+        raise SftlibError(f"{where}.max_dropped_fraction must be in [0, 1], got {d.max_dropped_fraction}.")
+    if d.fraction is not None and not 0 < d.fraction <= 1:
+        raise SftlibError(f"{where}.fraction must be in (0, 1], got {d.fraction}.")
+    if d.fraction is not None and d.max_samples is not None:
+        raise SftlibError(f"{where}.fraction and {where}.max_samples are both set.", "keep one of them.")
 
 
 def write_resolved(cfg: RunConfig, output_dir: str | Path) -> Path:

@@ -97,6 +97,9 @@ def load_raw(ds_cfg: DatasetConfig, seed: int = 42) -> dict[str, Dataset]:
         out["train"], out["eval"] = cut["train"], cut["test"]
     if ds_cfg.max_samples is not None and ds_cfg.max_samples < len(out["train"]):
         out["train"] = out["train"].select(range(ds_cfg.max_samples))
+    if ds_cfg.fraction is not None and ds_cfg.fraction < 1:
+        keep = max(1, round(ds_cfg.fraction * len(out["train"])))
+        out["train"] = out["train"].shuffle(seed=seed).select(range(keep)).flatten_indices()
     return out
 
 

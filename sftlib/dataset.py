@@ -16,7 +16,7 @@ import logging
 from collections import Counter
 
 import numpy as np
-from datasets import Dataset, Features, List, Value
+from datasets import Dataset, Features, List, Value, concatenate_datasets
 
 from sftlib import data, masking
 from sftlib.config import RunConfig
@@ -67,65 +67,102 @@ class Prepared:
     eval: Dataset | None
     format: str
     format_reason: str
-    report: dict  # per split: see split_report
+    report: dict  # per split: see split_report (a mixture's: its sources' reports merged)
+    sources: list[dict] = dataclasses.field(
+        default_factory=list
+    )  # a mixture: name, format, per-split reports
 
 
 def prepare(
     cfg: RunConfig, tokenizer, splits=("train", "eval"), limit: int | None = None, stop_ids=None
 ) -> Prepared:
-    """Load, normalize, mask, audit, truncate and check the configured splits.
+    """Load, normalize, mask, audit, truncate and check the configured splits of every source.
 
     `limit` keeps the first rows of each split (previews). `stop_ids` defaults to the model's stop
-    tokens (`modeling.stop_token_ids`). Raises SftlibError when a split loses more than
-    dataset.max_dropped_fraction of its rows.
+    tokens (`modeling.stop_token_ids`). Each source is masked by its own settings (format, columns,
+    train_on, chat_template_kwargs) and gated by its own max_dropped_fraction (SftlibError past it).
+    A mixture's splits are concatenated, the train split shuffled with the seed, and each kept
+    example carries its `source` (the position in `dataset:`).
     """
     from sftlib import modeling
 
-    ds_cfg = cfg.dataset
     stop_ids = sorted(stop_ids if stop_ids is not None else modeling.stop_token_ids(cfg.model, tokenizer))
-    raw = data.load_raw(ds_cfg, seed=cfg.seed)
-    fmt, reason = data.resolve_format(raw["train"], ds_cfg.format)
-    logger.info("dataset format: %s (%s)", fmt, reason)
-    num_proc = cfg.dataset_num_proc
+    mixture = len(cfg.sources) > 1
+    parts: dict[str, list[Dataset]] = {split: [] for split in splits}
+    sources = []
+    for k, src in enumerate(cfg.sources):
+        raw = data.load_raw(src, seed=cfg.seed)
+        fmt, reason = data.resolve_format(raw["train"], src.format)
+        logger.info("dataset format%s: %s (%s)", f" of {src.name}" if mixture else "", fmt, reason)
+        entry = {"name": src.name, "format": fmt, "format_reason": reason}
+        for split in splits:
+            if split not in raw:
+                continue
+            ds = raw[split] if limit is None else raw[split].select(range(min(limit, len(raw[split]))))
+            if len(ds) == 0:
+                raise SftlibError(f"the {split} split of {src.name!r} has no rows.")
+            where = f"{split} of {src.name}" if mixture else split
+            kept, entry[split] = _mask_split(ds, fmt, src, cfg, tokenizer, stop_ids, where)
+            parts[split].append(kept.add_column("source", [k] * len(kept)) if mixture else kept)
+        sources.append(entry)
     out, report = {}, {}
-    for split in splits:
-        if split not in raw:
+    for split, kept in parts.items():
+        if not kept:
             continue
-        ds = raw[split] if limit is None else raw[split].select(range(min(limit, len(raw[split]))))
-        if len(ds) == 0:
-            raise SftlibError(f"the {split} split of {ds_cfg.name!r} has no rows.")
-        norm = data.normalize(ds, fmt, num_proc=num_proc)
-        if data.is_chat(norm[0]):
-            require_chat_template(tokenizer)
-        tokenized = norm.map(
-            _prepare_rows,
-            batched=True,
-            batch_size=256,
-            fn_kwargs={
-                "tokenizer": tokenizer,
-                "stop_ids": stop_ids,
-                "train_on": ds_cfg.train_on,
-                "template_kwargs": ds_cfg.chat_template_kwargs,
-                "max_length": cfg.model.max_seq_length,
-                "code_version": data.code_version(),
-            },
-            remove_columns=norm.column_names,
-            features=TOKENIZED,
-            num_proc=num_proc,
-            desc=f"Masking {split}",
-        )
-        report[split] = split_report(tokenized)
-        for line in warnings(split, report[split]):
-            logger.warning("%s", line)
-        check_dropped(split, report[split], ds_cfg.max_dropped_fraction)
-        kept = tokenized.filter(
-            _is_kept, input_columns="drop_reason", num_proc=num_proc, desc=f"Dropping bad {split} rows"
-        )
-        kept = kept.remove_columns(list(BOOKKEEPING))
-        report[split]["trained_tokens"] = check_invariants(kept, tokenizer)["trained_tokens"]
+        if mixture:
+            ds = concatenate_datasets(kept)
+            ds = ds.shuffle(seed=cfg.seed).flatten_indices() if split == "train" else ds
+            report[split] = merge_reports([e[split] for e in sources if split in e])
+            for e in sources:
+                if split in e:
+                    e[split]["share_of_examples"] = round(e[split]["examples"] / max(len(ds), 1), 4)
+                    e[split]["share_of_trained_tokens"] = round(
+                        e[split]["trained_tokens"] / max(report[split]["trained_tokens"], 1), 4
+                    )
+        else:
+            ds, report[split] = kept[0], sources[0][split]
         logger.info("%s: %s", split, summary_line(report[split]))
-        out[split] = kept
-    return Prepared(out.get("train"), out.get("eval"), fmt, reason, report)
+        out[split] = ds
+    if mixture:
+        fmt, reason = "mixture", "; ".join(f"{e['name']}: {e['format']}" for e in sources)
+    else:
+        fmt, reason = sources[0]["format"], sources[0]["format_reason"]
+    return Prepared(out.get("train"), out.get("eval"), fmt, reason, report, sources if mixture else [])
+
+
+def _mask_split(ds, fmt, src, cfg, tokenizer, stop_ids, where: str) -> tuple[Dataset, dict]:
+    """One source's split: normalized, masked, audited, reported, gated; returns (kept examples, report)."""
+    num_proc = cfg.dataset_num_proc
+    norm = data.normalize(ds, fmt, num_proc=num_proc)
+    if data.is_chat(norm[0]):
+        require_chat_template(tokenizer)
+    tokenized = norm.map(
+        _prepare_rows,
+        batched=True,
+        batch_size=256,
+        fn_kwargs={
+            "tokenizer": tokenizer,
+            "stop_ids": stop_ids,
+            "train_on": src.train_on,
+            "template_kwargs": src.chat_template_kwargs,
+            "max_length": cfg.model.max_seq_length,
+            "code_version": data.code_version(),
+        },
+        remove_columns=norm.column_names,
+        features=TOKENIZED,
+        num_proc=num_proc,
+        desc=f"Masking {where}",
+    )
+    rep = split_report(tokenized)
+    for line in warnings(where, rep):
+        logger.warning("%s", line)
+    check_dropped(where, rep, src.max_dropped_fraction)
+    kept = tokenized.filter(
+        _is_kept, input_columns="drop_reason", num_proc=num_proc, desc=f"Dropping bad {where} rows"
+    )
+    kept = kept.remove_columns(list(BOOKKEEPING))
+    rep["trained_tokens"] = check_invariants(kept, tokenizer)["trained_tokens"]
+    return kept, rep
 
 
 def require_chat_template(tokenizer) -> None:
@@ -292,9 +329,55 @@ def split_report(tokenized: Dataset) -> dict:
 def _expansion(rows: dict[int, list[int]]) -> dict:
     """Conversations, examples, and the extra tokens of training each turn alone (against the longest
     example of each conversation, which holds the whole conversation)."""
-    one_each = sum(max(ns) for ns in rows.values())
-    extra = round(100 * (sum(map(sum, rows.values())) / one_each - 1), 1) if one_each else 0.0
-    return {"conversations": len(rows), "examples": sum(map(len, rows.values())), "extra_tokens_pct": extra}
+    tokens, longest = sum(map(sum, rows.values())), sum(max(ns) for ns in rows.values())
+    return _with_pct(
+        {
+            "conversations": len(rows),
+            "examples": sum(map(len, rows.values())),
+            "tokens": tokens,
+            "longest": longest,
+        }
+    )
+
+
+def _with_pct(e: dict) -> dict:
+    return {
+        **e,
+        "extra_tokens_pct": round(100 * (e["tokens"] / e["longest"] - 1), 1) if e["longest"] else 0.0,
+    }
+
+
+ADDED = (
+    "rows", "kept", "examples", "truncated", "trailing_user_turns_trimmed", "leading_assistant_turns_trimmed",
+    "expanded_conversations", "expanded_examples", "appended_eos", "boundary_merged", "tokens", "trained_tokens",
+)  # fmt: skip
+
+
+def merge_reports(reports: list[dict]) -> dict:
+    """One report for a mixture's split: counts added, drops merged (first row of the first source),
+    expansion costs recomputed from their token sums."""
+    out = {key: sum(r[key] for r in reports) for key in ADDED}
+    dropped, first, by_reason = Counter(), {}, {}
+    for r in reports:
+        dropped.update(r["dropped"])
+        for reason, where in r["drop_first"].items():
+            first.setdefault(reason, where)
+        for why, e in r["expanded_by"].items():
+            merged = by_reason.setdefault(
+                why, dict.fromkeys(("conversations", "examples", "tokens", "longest"), 0)
+            )
+            for key in merged:
+                merged[key] += e[key]
+    by_reason = {why: _with_pct(e) for why, e in by_reason.items()}
+    total = {key: sum(e[key] for e in by_reason.values()) for key in ("tokens", "longest")}
+    return {
+        **out,
+        "dropped": dict(dropped.most_common()),
+        "drop_first": first,
+        "expanded_by": by_reason,
+        "expansion_extra_tokens_pct": _with_pct(total)["extra_tokens_pct"],
+        "max_tokens": max(r["max_tokens"] for r in reports),
+    }
 
 
 def warnings(split: str, rep: dict) -> list[str]:
@@ -338,6 +421,11 @@ def check_dropped(split: str, rep: dict, max_fraction: float) -> None:
         fix = (
             "this is a masking bug for this tokenizer and chat template: please report it with the template "
             "and the first row above. " + fix
+        )
+    if "not_rendered" in rep["dropped"]:
+        fix = (
+            "choose a chat template that renders the field (model.chat_template), train only turns it renders "
+            "(dataset.train_on), or " + fix
         )
     if "all_trained_tokens_truncated" in rep["dropped"]:
         fix = "raise model.max_seq_length, " + fix
