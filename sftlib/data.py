@@ -18,9 +18,7 @@ it is tokenized, where a bad row becomes a counted drop reason (`DropExample`) i
 from __future__ import annotations
 
 import dataclasses
-import functools
 import glob
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -29,7 +27,7 @@ from typing import Any
 import datasets
 from datasets import Dataset, DatasetDict, Features, Json, Value
 
-from sftlib import chat
+from sftlib import chat, label_cache
 from sftlib.config import DatasetConfig
 from sftlib.errors import SftlibError
 
@@ -58,19 +56,6 @@ ACCEPTED = (
 
 
 # --------------------------------------------------------------------------- loading
-
-
-@functools.cache
-def code_version() -> str:
-    """A hash of the data layer's source, passed to every `Dataset.map` of it.
-
-    datasets fingerprints a module-level function by its name only, so without this a fix to the
-    masking code would silently reuse labels cached by the old code.
-    """
-    digest = hashlib.sha256()
-    for name in ("data.py", "masking.py", "dataset.py"):
-        digest.update((Path(__file__).parent / name).read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def load_raw(ds_cfg: DatasetConfig, seed: int = 42) -> dict[str, Dataset]:
@@ -329,7 +314,7 @@ def normalize(ds: Dataset, fmt: str, num_proc: int | None = None) -> Dataset:
         fn_kwargs={
             "fmt": fmt,
             "conversational": isinstance(columns.get("prompt"), Json),
-            "code_version": code_version(),
+            "code_version": label_cache.code_version(),
         },
         remove_columns=[c for c in ds.column_names if c != "index"],
         features=Features({**columns, "index": ds.features["index"]}),

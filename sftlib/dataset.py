@@ -14,11 +14,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 from datasets import Dataset, Features, List, Value, concatenate_datasets
 
-from sftlib import data, masking
+from sftlib import data, label_cache, masking
 from sftlib.config import RunConfig
 from sftlib.data import DROP_REASONS, DropExample
 from sftlib.errors import SftlibError
@@ -136,6 +137,7 @@ def _mask_split(ds, fmt, src, cfg, tokenizer, stop_ids, where: str) -> tuple[Dat
     norm = data.normalize(ds, fmt, num_proc=num_proc)
     if data.is_chat(norm[0]):
         require_chat_template(tokenizer)
+    cached = {p for f in norm.cache_files for p in Path(f["filename"]).parent.glob("*.arrow")}
     tokenized = norm.map(
         _prepare_rows,
         batched=True,
@@ -146,13 +148,20 @@ def _mask_split(ds, fmt, src, cfg, tokenizer, stop_ids, where: str) -> tuple[Dat
             "train_on": src.train_on,
             "template_kwargs": src.chat_template_kwargs,
             "max_length": cfg.model.max_seq_length,
-            "code_version": data.code_version(),
+            "code_version": label_cache.code_version(),
         },
         remove_columns=norm.column_names,
         features=TOKENIZED,
         num_proc=num_proc,
         desc=f"Masking {where}",
     )
+    if tokenized.cache_files and all(Path(f["filename"]) in cached for f in tokenized.cache_files):
+        logger.info(
+            "%s: labels reused from the cache: same rows, code (%s), tokenizer and chat template, stop tokens, "
+            "train_on and template arguments",
+            where,
+            label_cache.code_version(),
+        )
     rep = split_report(tokenized)
     for line in warnings(where, rep):
         logger.warning("%s", line)

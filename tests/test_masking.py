@@ -11,7 +11,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from sftlib import data, dataset, masking, modeling, views
+from sftlib import data, dataset, label_cache, masking, modeling, views
 from sftlib.config import DatasetConfig, ModelConfig, RunConfig
 from sftlib.errors import SftlibError
 
@@ -595,16 +595,54 @@ def test_second_prepare_hits_the_cache_and_tokenizes_nothing(tokenizer, tmp_path
     assert second.report == first.report  # drop reasons and counts survive caching
 
 
-def test_a_change_to_the_masking_code_misses_the_cache(tokenizer, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "change",
+    ["code", "chat_template", "stop_tokens", "train_on", "template_kwargs"],
+)
+def test_a_change_to_anything_labels_depend_on_misses_the_cache(
+    change, tokenizer, tmp_path, monkeypatch, caplog
+):
     path = tmp_path / "messages.jsonl"
     path.write_text((FIXTURES / "messages.jsonl").read_text())
     dataset.prepare(config(str(path)), tokenizer)
     calls = []
     real = masking.tokenize_example
     monkeypatch.setattr(masking, "tokenize_example", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(data, "code_version", lambda: "edited")
-    dataset.prepare(config(str(path)), tokenizer)
+    with caplog.at_level("INFO", logger="sftlib"):
+        dataset.prepare(config(str(path)), tokenizer)  # unchanged: reused, and the log says so
+    assert not calls and "train: labels reused from the cache" in caplog.text
+    cfg, tok, stop_ids = config(str(path)), tokenizer, None
+    if change == "code":
+        monkeypatch.setattr(label_cache, "code_version", lambda: "edited")
+    elif change == "chat_template":
+        tok = with_template(
+            tokenizer, tokenizer.chat_template.replace("<|im_start|>", "<|im_start|>", 1) + " "
+        )
+    elif change == "stop_tokens":
+        stop_ids = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+    elif change == "train_on":
+        cfg = config(str(path), train_on="last_assistant")
+    else:
+        cfg = config(str(path), chat_template_kwargs={"enable_thinking": False})
+    dataset.prepare(cfg, tok, stop_ids=stop_ids)
     assert len(calls) == 3
+
+
+def test_the_label_cache_key_covers_every_module_on_the_path_from_row_to_labels(tmp_path):
+    import shutil
+
+    root = tmp_path / "sftlib"
+    shutil.copytree(Path(label_cache.__file__).parent, root, ignore=shutil.ignore_patterns("__pycache__"))
+    names = {p.name for p in label_cache.dependencies(root)}
+    assert {"dataset.py", "masking.py", "data.py", "chat.py", "config.py"} <= names
+    assert "plots.py" not in names and "views.py" not in names
+    before = label_cache.version(root)
+    (root / "plots.py").write_text((root / "plots.py").read_text() + "\n# not on the path\n")
+    assert label_cache.version(root) == before
+    for name in ("chat.py", "masking.py"):
+        (root / name).write_text((root / name).read_text() + "\n# edited\n")
+        assert label_cache.version(root) != before
+        before = label_cache.version(root)
 
 
 def test_drop_reasons_survive_caching(tokenizer, tmp_path):
