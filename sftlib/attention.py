@@ -2,15 +2,15 @@
 
 transformers' `sdpa` on a padding-free row [1, T] builds a block-diagonal causal mask and runs SDPA
 over all T x T query/key pairs below the diagonal, most of them masked when examples are short
-(README "Performance" gives the profile). Here the
-examples (`cu_seq_lens_q`, which TRL's padding-free collator and `sftlib.fastpath.split_passes` give
+(the performance notes give the profile). Here the
+examples (`cu_seq_lens_q`, which TRL's padding-free collator and `sftlib.passes.split_passes` give
 every pass) are grouped by length, each group padded at the end to its longest example and run as one
 causal batch: the work is that of each example alone, up to the padding within a group. On a CPU,
 short examples run as matmul + softmax, which beats SDPA's fused CPU kernel at these sizes (see
 MATMUL_ATTENTION_MAX).
 
-Registered with transformers' public `AttentionInterface` as "sftlib_segments", with the `sdpa` mask
-function, so anything without sequence boundaries (evaluation with an attention mask, generation
+Registered with transformers' public `AttentionInterface` as "sftlib_per_example" (the name
+`model.attn_implementation` takes), with the `sdpa` mask function (`AttentionMaskInterface`), so anything without sequence boundaries (evaluation with an attention mask, generation
 with a KV cache) runs transformers' own `sdpa_attention_forward` unchanged.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import collections
 
-NAME = "sftlib_segments"
+NAME = "sftlib_per_example"
 # Examples whose length is at least this share of their group's longest share one SDPA call: the
 # padded work is then at most 1 / 0.7^2 ~ 2x that of the examples alone.
 GROUP_RATIO = 0.7
@@ -43,7 +43,7 @@ def length_groups(bounds: list[int], ratio: float = GROUP_RATIO) -> list[list[in
     return groups
 
 
-class _Layout:
+class _Groups:
     """Gather indices for one pass [1, T]: per group, its examples' positions padded to the group's longest
     ([examples x longest], flattened; padding points at position 0, whose outputs are dropped and whose
     gradients are therefore zero), and `source`: where each row position's output sits among the groups'."""
@@ -67,19 +67,19 @@ class _Layout:
         self.source = source.to(device)
 
 
-_last: tuple = (None, None)  # (cu_seq_lens tensor, its _Layout): every layer of a pass reuses it
+_last: tuple = (None, None)  # (cu_seq_lens tensor, its _Groups): every layer of a pass reuses them
 
 
-def _layout(cu_seq_lens, device) -> _Layout:
+def _groups(cu_seq_lens, device) -> _Groups:
     global _last
     if _last[0] is not cu_seq_lens:  # holding the tensor keeps its identity from being reused
-        _last = (cu_seq_lens, _Layout(cu_seq_lens, device))
+        _last = (cu_seq_lens, _Groups(cu_seq_lens, device))
     return _last[1]
 
 
 # Up to this many tokens per example, attention runs as two matmuls and a softmax instead of SDPA's
-# fused CPU kernel, whose per-call overhead dominates on short examples (per-layer timings in README
-# "Performance"). The matmul form keeps each example's [heads, length, length] probabilities for the
+# fused CPU kernel, whose per-call overhead dominates on short examples (per-layer timings in the
+# performance notes). The matmul form keeps each example's [heads, length, length] probabilities for the
 # backward pass (`saved_bytes_per_token`), which grow with length; the fused kernel keeps none, so
 # longer examples use it.
 MATMUL_ATTENTION_MAX = 512
@@ -135,7 +135,7 @@ def segment_attention(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     CALLS["segments"] += 1
-    with torch.profiler.record_function("sftlib::attention"):  # for sftlib.profiling; no cost otherwise
+    with torch.profiler.record_function("sftlib::attention"):  # for sftlib.bench.profiling; no cost otherwise
         return _segment_attention(module, query, key, value, cu_seq_lens_q, dropout, scaling)
 
 
@@ -145,25 +145,25 @@ def _segment_attention(module, query, key, value, cu_seq_lens_q, dropout, scalin
 
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    layout = _layout(cu_seq_lens_q, query.device)
+    grouped = _groups(cu_seq_lens_q, query.device)
     heads, dim = query.shape[1], query.shape[3]
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T, heads, dim]
     outputs = []
-    for index, examples, longest in layout.groups:
+    for index, examples, longest in grouped.groups:
         qg, kg, vg = (
             x.index_select(0, index).view(examples, longest, heads, dim).transpose(1, 2) for x in (q, k, v)
         )
         out = causal_attention(qg, kg, vg, scaling, dropout)  # [examples, heads, longest, dim]
         outputs.append(out.transpose(1, 2).reshape(examples * longest, heads, dim))
     merged = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
-    return merged.index_select(0, layout.source).unsqueeze(0), None
+    return merged.index_select(0, grouped.source).unsqueeze(0), None
 
 
 def register() -> str:
-    """Register "sftlib_segments" (attention and its mask function) with transformers; returns the name."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+    """Register NAME (attention and its mask function) with transformers; returns the name."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
 
     AttentionInterface.register(NAME, segment_attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
     return NAME

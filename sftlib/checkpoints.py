@@ -119,7 +119,7 @@ def _barrier() -> None:
 class CompleteCheckpoints(TrainerCallback):
     """Marks each checkpoint complete after the Trainer saved it; rotates only complete ones.
 
-    Build it with the run's `save_total_limit`; the Trainer's own is None (`sftlib.train.sft_config`),
+    Build it with the run's `save_total_limit`; the Trainer's own is None (`sftlib.sft_args.sft_config`),
     because the Trainer rotates before this callback runs, which could delete the last complete
     checkpoint while the new one is still unmarked.
     """
@@ -156,7 +156,7 @@ def install(trainer, save_total_limit: int | None) -> CompleteCheckpoints:
         raise SftlibError(
             "the trainer rotates checkpoints itself (save_total_limit is set in its SFTConfig), which could "
             "delete the last complete checkpoint.",
-            "build the SFTConfig with sftlib.train.sft_config, which leaves rotation to sftlib.",
+            "build the SFTConfig with sftlib.sft_args.sft_config, which leaves rotation to sftlib.",
         )
     callback = CompleteCheckpoints(save_total_limit)
     trainer.add_callback(callback)

@@ -1,7 +1,8 @@
 """`sftlib` command line: argument parsing only, one subcommand per step.
 
-Every user error ends as a single `error: ...` line and a non-zero exit; `--debug` shows the
-traceback instead.
+Every error ends as a single `error: ...` line and a non-zero exit. An error that is not sftlib's
+own (a library's, out of memory) also leaves its full traceback in output_dir/error.log, or in a
+temporary file before output_dir exists, and the line names that file; `--debug` raises it instead.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from sftlib.errors import SftlibError, describe_os_error
+from sftlib.errors import SftlibError, describe_os_error, save_traceback
 
 
 def _add_config(p: argparse.ArgumentParser, required: bool = False, default: str | None = None) -> None:
@@ -61,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", action="store_true", help="also write the decoded text")
     p.set_defaults(func=cmd_masks)
 
-    p = sub.add_parser("merge", help="merge output_dir/lora_weights into the base model")
+    p = sub.add_parser(
+        "merge", help="merge output_dir/lora_weights into the base model (after training.merge: false)"
+    )
     _add_config(p)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     p.set_defaults(func=cmd_merge)
@@ -72,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--adapter", default=None, help="LoRA adapter folder, applied on --model")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument(
+        "--chat-template-kwargs",
+        default=None,
+        help="JSON object for the chat template, e.g. '{\"enable_thinking\": false}', added to those the "
+        "run was trained with (its resolved_config.yaml)",
+    )
     p.add_argument("prompt", nargs="+", help="user message(s)")
     p.set_defaults(func=cmd_generate)
 
@@ -169,17 +178,14 @@ def cmd_masks(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from sftlib import merge
+    from sftlib import merge, outputs
     from sftlib.config import load_config
-    from sftlib.layout import ADAPTER_DIRNAME
 
     cfg = load_config(args.config, args.overrides)
     if not cfg.model.use_lora:
         print("model.use_lora is false: a full fine-tune has nothing to merge.")
         return 0
-    result = merge.merge_adapter(
-        cfg.model, cfg.output_dir / ADAPTER_DIRNAME, cfg.output_dir, dtype=args.dtype
-    )
+    result = outputs.merge_run(cfg, dtype=args.dtype)
     print(merge.summary(result))
     print(f"merged model written to {cfg.output_dir}")
     return 0
@@ -189,11 +195,11 @@ def cmd_generate(args) -> int:
     from sftlib import generate
     from sftlib.config import ModelConfig
 
+    kwargs = generate.trained_template_kwargs(args.model, args.adapter, args.chat_template_kwargs)
     model, tokenizer = generate.load_for_generation(ModelConfig(path=args.model), args.adapter)
-    prompts = [[{"role": "user", "content": p}] for p in args.prompt]
-    for prompt, answer in zip(
-        args.prompt, generate.generate(model, tokenizer, prompts, args.max_new_tokens), strict=True
-    ):
+    asked = generate.own_prompts(args.prompt, kwargs)
+    answers = generate.generate(model, tokenizer, asked.prompts, args.max_new_tokens, contexts=asked.contexts)
+    for prompt, answer in zip(args.prompt, answers, strict=True):
         print(json.dumps({"prompt": prompt, "completion": answer}))
     return 0
 
@@ -221,11 +227,11 @@ def _add_notebook_args(p: argparse.ArgumentParser, out_help: str, default: str |
 
 
 def cmd_bench(args) -> int:
-    from sftlib import bench
+    from sftlib.bench import compare
 
     if args.steps < 1 or args.repeats < 1:
         raise SftlibError("--steps and --repeats must be at least 1.")
-    result = bench.bench(
+    result = compare.bench(
         args.config,
         args.overrides,
         steps=args.steps,
@@ -234,7 +240,7 @@ def cmd_bench(args) -> int:
         warmup=args.warmup,
         profile_steps=args.profile_steps,
     )
-    print(bench.format_table(result))
+    print(compare.format_table(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))
@@ -265,12 +271,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return report(lambda: args.func(args), debug=args.debug)
+    return report(lambda: args.func(args), debug=args.debug, output_dir=lambda: _output_dir(args))
 
 
-def report(run, debug: bool = False) -> int:
+def _output_dir(args) -> Path | None:
+    """The command's training.output_dir, read from its config without validating it (None: none)."""
+    from sftlib.config import output_dir_of
+
+    if getattr(args, "overrides", None) is None:
+        return None
+    try:
+        return output_dir_of(args.config, args.overrides)
+    except SftlibError:
+        return None
+
+
+def report(run, debug: bool = False, output_dir=lambda: None) -> int:
     """Call `run()`; every error ends as one `error: ...` line on stderr and a non-zero exit code
-    (with `debug`, the traceback instead). Returns `run()`'s exit code (0 when it returns None)."""
+    (with `debug`, the traceback instead). An error that is not an SftlibError also has its traceback
+    written to `output_dir()`/error.log, or a temporary file before that folder exists, named in the
+    line. Returns `run()`'s exit code (0 when it returns None)."""
     try:
         return run() or 0
     except SftlibError as exc:
@@ -281,18 +301,19 @@ def report(run, debug: bool = False) -> int:
     except KeyboardInterrupt:
         print("error: interrupted.", file=sys.stderr)
         return 130
-    except Exception as exc:  # a library's error: still one line, with the way to see more
+    except Exception as exc:  # a library's error: still one line, and its traceback kept in a file
         if debug:
             raise
+        try:
+            evidence = f"traceback in {save_traceback(exc, output_dir())}"
+        except OSError as cant:  # a full disk, say: the line still says how to see the traceback
+            evidence = f"traceback not saved ({cant.strerror or cant}); run with --debug to see it"
         known = describe_os_error(exc)  # disk full, permission denied, a file where a folder should be
         if known is not None:
-            print(f"error: {known}", file=sys.stderr)
+            print(f"error: {known} ({evidence})", file=sys.stderr)
             return 1
         text = str(exc).strip().splitlines()
-        print(
-            f"error: {type(exc).__name__}: {text[0] if text else ''} (run with --debug for the traceback)",
-            file=sys.stderr,
-        )
+        print(f"error: {type(exc).__name__}: {text[0] if text else ''} ({evidence})", file=sys.stderr)
         return 1
 
 

@@ -25,6 +25,9 @@ log = logging.getLogger("sftlib")
 # reduction order on exotic hardware. Ranks that trained separately differ by far more (LoRA B starts at 0).
 FINGERPRINT_RTOL = 1e-6
 _WORLD_SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+# How long the merging process waits for the other ranks of its machine to exit: they have nothing left
+# to do but tear down, so only a hung process takes longer.
+EXIT_TIMEOUT_S = 300.0
 
 
 def _env_true(name: str) -> bool:
@@ -157,6 +160,52 @@ def check_ranks_agree(model) -> list[list[float] | None]:
                 "launch with `accelerate launch` (configs/accelerate/) or sftlib.train.launch, not separate python processes.",
             )
     return fingerprints
+
+
+# --------------------------------------------------------------------------- the end of a run
+
+
+def leave(state) -> list[int]:
+    """The last collective of a run: every rank says where it runs, then the process group ends.
+
+    Returns, to every rank, the pids of the other ranks on this machine, so the one process that merges
+    can wait until they have exited and freed their memory (`wait_for_exit`). After this no rank waits
+    for another: a long merge can't hold the others on a collective until it times out.
+    """
+    if state.num_processes == 1:
+        return []
+    import socket
+
+    from accelerate.utils import gather_object
+
+    here = (socket.gethostname(), os.getpid())
+    everyone = gather_object([here])
+    state.destroy_process_group()  # a fork-launched group (notebook_launcher) ends with its processes
+    return [pid for host, pid in everyone if host == here[0] and pid != here[1]]
+
+
+def wait_for_exit(pids: list[int], timeout_s: float = EXIT_TIMEOUT_S) -> list[int]:
+    """Wait until the processes `pids` have exited (a zombie has); returns those still running at `timeout_s`."""
+    import time
+
+    import psutil
+
+    def running(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + timeout_s
+    waiting = [pid for pid in pids if running(pid)]
+    if waiting:
+        log.info("waiting for %d other rank(s) on this machine to exit before merging", len(waiting))
+    while waiting and time.monotonic() < deadline:
+        time.sleep(0.05)
+        waiting = [pid for pid in waiting if running(pid)]
+    if waiting:
+        log.warning("warning: rank process(es) %s still run after %.0f s; merging anyway", waiting, timeout_s)
+    return waiting
 
 
 def throughput(log_history: list[dict], runtime_s: float) -> float | None:

@@ -1,4 +1,9 @@
-"""The one exception type a user should see: what is wrong, and how to fix it."""
+"""Errors a user sees: `SftlibError` (what is wrong, and how to fix it), and the evidence of any other.
+
+An SftlibError is one `error: ... Fix: ...` line. Any other exception (out of memory, NCCL, a shape
+error deep in a library) is one line too, but its full traceback is kept in a file the line names
+(`save_traceback`): output_dir/error.log, or a temporary file before output_dir exists.
+"""
 
 
 class SftlibError(Exception):
@@ -58,3 +63,27 @@ def _is_file(path) -> bool:
     import os
 
     return bool(path) and os.path.isfile(path)
+
+
+ERROR_LOG = "error.log"
+
+
+def save_traceback(exc: BaseException, output_dir=None):
+    """Write `exc`'s full traceback to `output_dir`/error.log (error-rank-N.log on rank N > 0), or to a
+    new temporary file when `output_dir` is None or does not exist yet; returns the file's path."""
+    import os
+    import tempfile
+    import traceback
+    from pathlib import Path
+
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    rank = os.environ.get("RANK", "0")
+    name = ERROR_LOG if rank == "0" else f"error-rank-{rank}.log"
+    if output_dir is not None and Path(output_dir).is_dir():
+        path = Path(output_dir) / name
+        path.write_text(text, encoding="utf-8")
+        return path
+    fd, tmp = tempfile.mkstemp(prefix="sftlib-", suffix=f"-{name}")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    return Path(tmp)

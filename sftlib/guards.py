@@ -8,7 +8,7 @@
 
 `guarded(trainer, cfg)` installs the signal handlers, the `StopOnSignal` callback and
 `checkpoints.CompleteCheckpoints` around `trainer.train`; `FiniteLoss` is given to the trainer when it
-is built (`sftlib.fastpath.build_trainer(..., loss_check=FiniteLoss(cfg))`).
+is built (`sftlib.trainer.build_trainer(..., loss_check=FiniteLoss(cfg))`).
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def _signal_handlers(handler):
 class FiniteLoss:
     """Raises `Diverged` for a step loss that is NaN or inf, before the optimizer applies that step.
 
-    `sftlib.fastpath.SftlibTrainer` calls it with each step's loss (its `loss_check`); the message
+    `sftlib.trainer.SftlibTrainer` calls it with each step's loss (its `loss_check`); the message
     names the step, the last good checkpoint and how to continue.
     """
 
@@ -145,7 +145,7 @@ def guarded(trainer, cfg):
     """Run the `with` body (`trainer.train(...)`) with complete checkpoints and the stop signals.
 
     Raises `Interrupted` after the body if a stop signal arrived. (The loss check, `FiniteLoss`, is
-    the trainer's own: `sftlib.fastpath.build_trainer(..., loss_check=FiniteLoss(cfg))`.)
+    the trainer's own: `sftlib.trainer.build_trainer(..., loss_check=FiniteLoss(cfg))`.)
     """
     marks = checkpoints.install(trainer, cfg.training.get("save_total_limit"))
     stop = StopOnSignal()

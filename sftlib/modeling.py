@@ -1,4 +1,4 @@
-"""Tokenizer, model and LoRA config from `ModelConfig`: dtype, 4-bit NF4, pad token."""
+"""Tokenizer, model and LoRA config from `ModelConfig`: dtype, 4-bit NF4, attention implementation, pad token."""
 
 from __future__ import annotations
 
@@ -51,14 +51,14 @@ def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str] | None:
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16 on x86, BF16 on Arm).
 
-    Without it PyTorch emulates bf16, several times slower than fp32 (README "Performance" has the
+    Without it PyTorch emulates bf16, several times slower than fp32 (the performance notes have the
     ceilings per CPU). Read from the CPU flags; where the CPU lists
     none (no /proc/cpuinfo), a 512x512 bf16 matmul is timed against an fp32 one, and the log says so.
     """
     flags = cpu_bf16_flags()
     if flags is not None:
         return bool(flags)
-    from sftlib.matmul import matmul_gflops
+    from sftlib.timing import matmul_gflops
 
     bf16, fp32 = matmul_gflops("bfloat16", n=512, seconds=0.2), matmul_gflops("float32", n=512, seconds=0.2)
     log.info(
@@ -195,6 +195,8 @@ def load_model(model_cfg: ModelConfig, *, quantize: bool = True, device_map=None
 
     4-bit weights are placed when loaded, so QLoRA puts the whole model on this process's own GPU
     (`device_map={"": local_process_index}`): under DDP each rank trains its own full copy on its GPU.
+    `model.attn_implementation`, when set, is the attention the model loads with (sftlib's per-example
+    attention registered first); unset, transformers' default, which the training plan may change.
     """
     from transformers import AutoModelForCausalLM
 
@@ -204,6 +206,12 @@ def load_model(model_cfg: ModelConfig, *, quantize: bool = True, device_map=None
         "trust_remote_code": model_cfg.trust_remote_code,
         "use_safetensors": True,  # never unpickle weights (a .bin file can run code when loaded)
     }
+    if model_cfg.attn_implementation:
+        from sftlib import attention
+
+        if model_cfg.attn_implementation == attention.NAME:
+            attention.register()
+        kwargs["attn_implementation"] = model_cfg.attn_implementation
     if quantize and model_cfg.load_in_4bit:
         kwargs["quantization_config"] = quantization_config(model_cfg)
         kwargs["device_map"] = device_map if device_map is not None else this_process_device_map()
@@ -212,8 +220,8 @@ def load_model(model_cfg: ModelConfig, *, quantize: bool = True, device_map=None
     except (OSError, ValueError) as exc:
         raise SftlibError(
             f"could not load model {path!r}: {_first_line(exc)}",
-            "check model.path; sftlib loads weights from safetensors only (re-save pickled .bin weights "
-            "with save_pretrained(folder, safe_serialization=True)).",
+            "check model.path (and model.attn_implementation, when set); sftlib loads weights from safetensors "
+            "only (re-save pickled .bin weights with save_pretrained(folder, safe_serialization=True)).",
         ) from exc
 
 

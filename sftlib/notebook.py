@@ -1,12 +1,13 @@
 """What a notebook writes: its run folder, its recorded results, its figures and pages.
 
 Notebooks hold parameters, calls and display; these are the calls that put things on disk in the
-same layout for every notebook (read back by the tests, the pipeline and later notebooks). Figures
+same places for every notebook (read back by the tests, the pipeline and later notebooks). Figures
 are `matplotlib.figure.Figure` objects built without pyplot (sftlib.plots). Nothing runs at import.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import os
 from pathlib import Path
@@ -68,10 +69,25 @@ def save_figure(fig, path: str | Path):
     return Image(filename=str(path), alt=path.stem.replace("_", " "))
 
 
-def save_html(body: str, path: str | Path, title: str) -> None:
-    """Write an HTML fragment as a standalone, styled page (sftlib.views.page)."""
-    from sftlib.views import page
+# The stylesheet of a saved page: the token views and tables of sftlib.views, readable on their own.
+STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em;color:#222}"
+    ".tokens{font-family:ui-monospace,monospace;line-height:1.9;white-space:normal;margin:.3em 0 1.2em}"
+    "table.sftlib{border-collapse:collapse}table.sftlib th,table.sftlib td{text-align:left;padding:2px 8px;"
+    "border-bottom:1px solid #eee;vertical-align:top}"
+)
 
+
+def page(body: str, title: str) -> str:
+    """An HTML fragment (e.g. from sftlib.views) as a standalone, styled page."""
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
+    )
+
+
+def save_html(body: str, path: str | Path, title: str) -> None:
+    """Write an HTML fragment as a standalone, styled page (`page`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page(body, title), encoding="utf-8")

@@ -1,66 +1,32 @@
-"""RunConfig -> SFTConfig + SFTTrainer -> the seed's output layout.
+"""A training run: RunConfig -> SFTConfig + SftlibTrainer -> output_dir.
 
-One code path for every launch: in-process, `accelerate launch -m sftlib train`, and the
-notebook's `launch(num_processes=N)` through accelerate.notebook_launcher. Only the main process writes artifacts;
-saving and merging happen once; after training every rank's parameters are checked to be equal.
+One code path for every launch: in-process, `accelerate launch -m sftlib train`, and the notebook's
+`launch(num_processes=N)` through accelerate.notebook_launcher. Every rank trains and saves its part;
+only the main process writes run_info.json; after training every rank's parameters are checked to be
+equal. The merge of a LoRA adapter runs after the ranks have left the process group, in the main
+process alone (`training.merge: false` leaves it to `sftlib merge`).
 """
 
 from __future__ import annotations
 
-import json
+import gc
 import logging
-import os
-import shutil
-from pathlib import Path
 from typing import Any
 
 from sftlib.config import RunConfig, load_config, write_resolved
 from sftlib.errors import SftlibError
-from sftlib.layout import ADAPTER_DIRNAME, RUN_INFO
+from sftlib.layout import ADAPTER_DIRNAME
 from sftlib.noise import library_deprecations
+from sftlib.outputs import read_run_info
+from sftlib.sft_args import sft_config
 
 log = logging.getLogger("sftlib")
 
 
-def sft_config(cfg: RunConfig, **overrides: Any):
-    """trl.SFTConfig from `training`, with the fields sftlib owns filled in.
-
-    `overrides` are fields decided elsewhere (`sftlib.fastpath.build_trainer`: batch layout, precision,
-    activation checkpointing where the config leaves them null).
-    """
-    import torch
-    from trl import SFTConfig
-
-    from sftlib.config import DECIDED_WHEN_NULL, SFTLIB_TRAINING, sft_config_default
-
-    kwargs = {
-        k: v
-        for k, v in cfg.training.items()
-        if k not in SFTLIB_TRAINING and not (v is None and k in DECIDED_WHEN_NULL)
-    }
-    kwargs["max_length"] = cfg.model.max_seq_length
-    if cfg.activation_checkpointing is None:
-        # TRL still defaults transformers' deprecated alias (gradient_checkpointing); naming the new field
-        # keeps TRL's default without transformers' FutureWarning on every run.
-        kwargs["activation_checkpointing"] = sft_config_default("gradient_checkpointing")
-    kwargs.setdefault("report_to", "none")
-    # Every trainable weight (LoRA or full) takes part in each forward pass, so DDP's extra graph walk to
-    # find unused ones only costs time. A model with unused weights gets DDP's error naming this setting.
-    kwargs.setdefault("ddp_find_unused_parameters", False)
-    if not torch.cuda.is_available():
-        kwargs.setdefault("use_cpu", True)
-    # sftlib rotates checkpoints itself, only once the new one is complete (checkpoints.CompleteCheckpoints).
-    kwargs["save_total_limit"] = None
-    kwargs.update(overrides)
-    try:
-        return SFTConfig(**kwargs)
-    except (ValueError, TypeError) as exc:
-        raise SftlibError(f"invalid `training` settings: {exc}") from None
-
-
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune as configured; returns the run info (also written to output_dir/run_info.json)."""
-    from sftlib import checkpoints, dataset, distributed, fastpath, guards, layout, modeling
+    from sftlib import checkpoints, dataset, distributed, guards, layout, modeling, outputs
+    from sftlib.trainer import build_trainer
 
     args = sft_config(cfg)
     state = distributed.distributed_state(args.use_cpu)
@@ -69,7 +35,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     layout.check_output_dir(out, resume=resume, overwrite=overwrite)
     resume_from = checkpoints.resume_checkpoint(out) if resume else None
     if overwrite and not resume and state.is_main_process:
-        clear_output_dir(out)
+        outputs.clear_output_dir(out)
     state.wait_for_everyone()
     if state.is_main_process:
         write_resolved(cfg, out)
@@ -81,16 +47,16 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     model.config.use_cache = False  # a KV cache in train mode lets packed sequences attend across boundaries
     peft_config = modeling.lora_config(cfg.model, model) if cfg.model.use_lora else None
 
-    # The fast path (one micro-batch per step, run in passes) where it applies, and the precision,
-    # pass size and checkpointing decided by measurement; see sftlib.fastpath and sftlib.autotune
+    # The plan (fast path, precision, attention, pass size, checkpointing), decided by measurement and
+    # applied, then the trainer it asks for; see sftlib.plan and sftlib.trainer
     with library_deprecations():
-        trainer = fastpath.build_trainer(
+        trainer = build_trainer(
             cfg, model, tokenizer, data.train, data.eval, peft_config, loss_check=guards.FiniteLoss(cfg)
         )
     with guards.guarded(trainer, cfg):  # complete checkpoints, SIGINT/SIGTERM
         result = trainer.train(resume_from_checkpoint=resume_from)
     fingerprints = distributed.check_ranks_agree(trainer.model)  # SftlibError if ranks trained apart
-    merge_check = save_outputs(trainer, cfg, tokenizer)
+    outputs.save_trained(trainer, cfg, tokenizer)  # every rank: FSDP/DeepSpeed gather the weights here
 
     runtime_s = result.metrics.get("train_runtime", 0.0)
     info = {
@@ -99,7 +65,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
         "global_step": trainer.state.global_step,
         "train_runtime_s": round(runtime_s, 3),
         "tokens_per_second": distributed.throughput(trainer.state.log_history, runtime_s),
-        **distributed.peak_memory(),  # rank 0's
+        **distributed.peak_memory(),  # rank 0's, during training
         "rank_param_fingerprints": fingerprints,
         "final_loss": _final_loss(trainer.state.log_history, result.training_loss),
         "train_loss": result.training_loss,
@@ -108,37 +74,27 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
         "load_in_4bit": cfg.model.load_in_4bit,
         "output_dir": str(out),
         "adapter_dir": str(out / ADAPTER_DIRNAME) if cfg.model.use_lora else None,
-        "data": {"format": data.format, "report": data.report},
-        "merge": merge_check,
-        "fast_path": trainer.plan.record(),
+        "data": {"format": data.format, "report": data.report, "sources": data.sources},
+        "merge": None,
+        "fast_path": trainer.plan_record(),
         "versions": library_versions(),
         "log_history": trainer.state.log_history,
     }
-    if state.is_main_process:
-        _write_json(out / RUN_INFO, info)
-    state.wait_for_everyone()
+    peers = distributed.leave(state)  # the last collective: from here no rank waits for another
+    if not state.is_main_process:
+        return info
+    del trainer, model  # the merge loads the base again, unquantized: free the training copy first
+    gc.collect()
+    if cfg.model.use_lora and cfg.merge:
+        distributed.wait_for_exit(peers)  # this machine's other ranks have exited and freed their memory
+        info["merge"] = outputs.merge_run(cfg)
+    elif cfg.model.use_lora:
+        log.info(
+            "training.merge is false: the adapter is in %s; merge it later with `sftlib merge --config ...`",
+            out / ADAPTER_DIRNAME,
+        )
+    outputs.write_run_info(out, info)
     return info
-
-
-def save_outputs(trainer, cfg: RunConfig, tokenizer) -> dict | None:
-    """The seed's layout: adapter in lora_weights/, merged model + tokenizer in output_dir.
-
-    Every folder is written through a staging folder, moved in, reloaded and compared (artifacts); the
-    merged model is checked against base + adapter (sftlib.merge). Returns that check's figures.
-    """
-    from sftlib import artifacts, merge
-
-    out, check = cfg.output_dir, None
-    if cfg.model.use_lora:
-        adapter_dir = out / ADAPTER_DIRNAME
-        artifacts.save_trained(trainer, adapter_dir)  # every rank: FSDP/DeepSpeed gather the weights here
-        if trainer.accelerator.is_main_process:
-            check = merge.merge_adapter(cfg.model, adapter_dir, out)
-            artifacts.write_atomically(out, tokenizer.save_pretrained)
-    else:
-        artifacts.save_trained(trainer, out)
-    trainer.accelerator.wait_for_everyone()
-    return check
 
 
 def _final_loss(history: list[dict], fallback: float) -> float:
@@ -156,27 +112,6 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = None
     return out
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-
-
-def read_run_info(output_dir: str | Path) -> dict[str, Any]:
-    path = Path(output_dir) / RUN_INFO
-    if not path.is_file():
-        raise SftlibError(
-            f"{path} does not exist: no finished run in {output_dir}.", "train first (sftlib train)."
-        )
-    return json.loads(path.read_text())
-
-
-def clear_output_dir(out: Path) -> None:
-    """--overwrite: remove what a previous run wrote, so no stale file survives into the new run."""
-    if out.exists():
-        shutil.rmtree(out)
 
 
 def run_from_files(

@@ -50,7 +50,15 @@ def format_report(prepared, cfg, tokenizer) -> str:
     """The text `sftlib check` prints: format, per-split counts and warnings, and the first example's mask."""
     from sftlib import dataset
 
-    lines = [f"dataset: {cfg.dataset.name}", f"format: {prepared.format} ({prepared.format_reason})"]
+    lines = [f"dataset: {cfg.dataset_label}", f"format: {prepared.format} ({prepared.format_reason})"]
+    for source in prepared.sources:  # a mixture: each source's own figures
+        for split in ("train", "eval"):
+            if split in source:
+                rep = source[split]
+                lines.append(
+                    f"  {source['name']} {split}: {dataset.summary_line(rep)}; {rep['tokens']} tokens, "
+                    f"{rep['trained_tokens']} trained; {rep['share_of_examples']:.1%} of the mixture's examples"
+                )
     for split, rep in prepared.report.items():
         lines.append(f"{split}: {dataset.summary_line(rep)}")
         lines += [f"  warning: {w}" for w in dataset.warnings(split, rep)]
@@ -117,12 +125,6 @@ TOKEN_STATES = {
     TRAINED_SPECIAL: ("trained special token", "#3182bd"),
 }
 BOX = "border-radius:3px;padding:0 1px;margin:0 1px 1px 0;border:1px solid #fff"
-STYLE = (
-    "body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em;color:#222}"
-    ".tokens{font-family:ui-monospace,monospace;line-height:1.9;white-space:normal;margin:.3em 0 1.2em}"
-    "table.sftlib{border-collapse:collapse}table.sftlib th,table.sftlib td{text-align:left;padding:2px 8px;"
-    "border-bottom:1px solid #eee;vertical-align:top}"
-)
 
 
 def token_states(input_ids: list[int], labels: list[int], tokenizer) -> list[tuple[str, int]]:
@@ -178,14 +180,6 @@ def masking_view_html(ds, tokenizer, n: int) -> str:
     return legend_html() + "".join(example_html(row, tokenizer) for row in rows)
 
 
-def page(body: str, title: str) -> str:
-    """A standalone, styled HTML page."""
-    return (
-        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
-    )
-
-
 # --------------------------------------------------------------------------- HTML: tables
 
 
@@ -237,14 +231,14 @@ def run_summary(info: dict) -> list[dict]:
 
 
 def fast_path_rows(plan: dict | None) -> list[dict]:
-    """The decisions in run_info.json["fast_path"] (sftlib.fastpath.Plan.record) as key/value rows."""
+    """The decisions in run_info.json["fast_path"] (sftlib.trainer.SftlibTrainer.plan_record) as key/value rows."""
     if not plan:
         return []
     if not plan["used"]:
         return [{"key": "fast path", "value": f"off: {plan['why']}"}]
     timing = plan.get("pass_timing") or {}
     timed = timing.get("tokens_per_second")
-    pass_from = plan["pass_tokens_from"] + (f" (tokens/s by pass size: {timed})" if timed else "")
+    pass_from = plan["pass_tokens_from"] + (f" (tokens/s by pass_tokens: {timed})" if timed else "")
     precision = plan["precision"] + (
         f", frozen base stored in {plan['frozen_weights_dtype']}" if plan.get("frozen_weights_dtype") else ""
     )
@@ -254,7 +248,8 @@ def fast_path_rows(plan: dict | None) -> list[dict]:
     return [
         {"key": "fast path", "value": plan["why"]},
         {"key": "precision", "value": f"{precision}: {plan['precision_from']}"},
-        {"key": "tokens per pass", "value": f"{plan['pass_tokens']}: {pass_from}"},
+        {"key": "pass_tokens", "value": f"{plan['pass_tokens']}: {pass_from}"},
+        {"key": "attention", "value": f"{plan['attention'] or 'as loaded'}: {plan['attention_from']}"},
         {
             "key": "activation checkpointing",
             "value": f"{'on' if plan['activation_checkpointing'] else 'off'}: {plan['checkpointing_from']}",

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sftlib import bench
+from sftlib.bench import compare, machine, side
 from tests.conftest import write_chat_rows
 
 
@@ -17,11 +17,11 @@ def sides(tmp_path_factory):
         "dataset.max_samples=null",
         "training.per_device_train_batch_size=2",
         "training.gradient_accumulation_steps=2",
-        "training.chunk_tokens=1",  # one example per pass: the bench must count across passes
+        "training.pass_tokens=1",  # one example per pass: the bench must count across passes
     ]
     return {
-        side: bench.run_side(side, "configs/tiny.yaml", overrides, steps=2, warmup=1, profile_steps=1)
-        for side in bench.SIDES
+        name: side.run_side(name, "configs/tiny.yaml", overrides, steps=2, warmup=1, profile_steps=1)
+        for name in side.SIDES
     }
 
 
@@ -40,10 +40,10 @@ def test_both_sides_train_on_the_same_examples_and_count_the_same_real_and_train
 
 
 def test_the_profile_splits_a_step_into_the_named_categories(sides):
-    from sftlib.profiling import CATEGORIES
+    from sftlib.bench.profiling import CATEGORIES
 
-    for side in sides.values():
-        profile = side["profile"]
+    for one in sides.values():
+        profile = one["profile"]
         assert profile["steps"] == 1 and list(profile["share"]) == list(CATEGORIES)
         assert sum(profile["share"].values()) == pytest.approx(1.0, abs=0.01)
         assert profile["share"]["matmul"] > 0 and profile["share"]["LM head + loss (TRL)"] > 0
@@ -53,12 +53,12 @@ def test_the_machine_record_names_the_cpu_and_whether_bf16_is_native(monkeypatch
     from sftlib.modeling import cpu_bf16_flags
 
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
-    m = bench.machine()
+    m = machine.machine()
     assert m["cpu"] and m["cpu_bf16_flags"] == cpu_bf16_flags()
     assert m["cpu_native_bf16"] == bool(m["cpu_bf16_flags"]) or m["cpu_bf16_flags"] is None
     assert m["onednn_max_cpu_isa"] is None
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")  # the flags then overstate: say so
-    assert bench.machine()["onednn_max_cpu_isa"] == "AVX512_CORE"
+    assert machine.machine()["onednn_max_cpu_isa"] == "AVX512_CORE"
 
 
 def test_cpu_flags_tell_native_bf16_on_x86_and_arm():
@@ -78,10 +78,10 @@ def test_model_flops_count_lora_as_four_n_and_full_fine_tuning_as_six_n():
 
     config = LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128)
     lengths, n = [10, 30], 1000
-    attention = bench.train_flops(lengths, 0, config, lora=True)
+    attention = side.train_flops(lengths, 0, config, lora=True)
     assert attention == 3 * 4 * 2 * 64 * (10 * 11 / 2 + 30 * 31 / 2)  # causal: position + 1 keys per token
-    assert bench.train_flops(lengths, n, config, lora=True) - attention == 4 * n * 40
-    assert bench.train_flops(lengths, n, config, lora=False) - attention == 6 * n * 40
+    assert side.train_flops(lengths, n, config, lora=True) - attention == 4 * n * 40
+    assert side.train_flops(lengths, n, config, lora=False) - attention == 6 * n * 40
 
 
 def test_the_table_reports_both_sides_and_leaves_out_gpu_memory_on_a_cpu(sides):
@@ -95,22 +95,39 @@ def test_the_table_reports_both_sides_and_leaves_out_gpu_memory_on_a_cpu(sides):
         "ceilings": {"device": "cpu", "bf16_gflops": 60.0, "fp32_gflops": 300.0},
         "machine": {"load_average": (1.0, 1.0, 1.0), "cores": 2, "cpu": "AMD EPYC", "cpu_native_bf16": True},
     }
-    table = bench.format_table(result)
+    table = compare.format_table(result)
     assert "speedup 2.00x" in table and "rss_ratio 0.90" in table
     assert "GPU memory" not in table and "gpu_memory_ratio" not in table
     assert "<= 1" in table and "whole micro-batch" in table
     assert "CPU: AMD EPYC (native bf16" in table and "profile (1 steps" in table
     assert "oneDNN capped" not in table
     result["machine"]["onednn_max_cpu_isa"] = "AVX512_CORE"
-    assert "oneDNN capped at AVX512_CORE" in bench.format_table(result)
+    assert "oneDNN capped at AVX512_CORE" in compare.format_table(result)
 
 
 def test_model_shape_ceilings_time_the_models_own_linear_layers():
     from sftlib.config import load_config
 
     cfg = load_config("configs/tiny.yaml")
-    ceilings = bench.model_shape_ceilings(cfg, "cpu", tokens=(64,))
+    ceilings = machine.model_shape_ceilings(cfg, "cpu", tokens=(64,))
     assert ceilings["tokens_per_pass"] == [64]
     assert ceilings["bfloat16"]["64"] > 0 and ceilings["float32"]["64"] > 0
     hidden = 64  # the tiny model's hidden size; its LM head is the largest layer
     assert any(shape.startswith(f"{hidden}x") for shape in ceilings["shapes"])
+
+
+def test_the_chat_mix_is_deterministic_chats_of_one_to_four_turns(tmp_path):
+    import json
+
+    from sftlib.bench.chat_mix import write_chat_mix
+
+    first, again = write_chat_mix(tmp_path / "a.jsonl", n=200), write_chat_mix(tmp_path / "b.jsonl", n=200)
+    assert first.read_bytes() == again.read_bytes()
+    rows = [json.loads(line)["messages"] for line in first.read_text().splitlines()]
+    assert len(rows) == 200
+    for messages in rows:
+        turns = [m for m in messages if m["role"] != "system"]
+        assert 1 <= len(turns) // 2 <= 4 and len(turns) % 2 == 0
+        assert [m["role"] for m in turns] == ["user", "assistant"] * (len(turns) // 2)
+        assert all(m["content"] for m in messages)
+    assert any(m[0]["role"] == "system" for m in rows) and any(m[0]["role"] == "user" for m in rows)

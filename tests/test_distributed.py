@@ -25,14 +25,14 @@ ACCELERATE_CONFIGS = sorted((ROOT / "configs/accelerate").glob("*.yaml"))
 ROWS = 16  # 16 rows, 4 per device and step: 4 steps on one process, 2 on two
 
 
-def one_epoch(data: Path, out: Path, batch: int = 4, chunk_tokens: int | None = None) -> list[str]:
+def one_epoch(data: Path, out: Path, batch: int = 4, pass_tokens: int | None = None) -> list[str]:
     """Overrides for one full epoch over a fixed dataset: the step count then follows the world size.
 
-    chunk_tokens=1: one example per micro-batch (4 accumulated per step on each rank, gradients reduced after
+    pass_tokens=1: one example per micro-batch (4 accumulated per step on each rank, gradients reduced after
     the last), where one process would run one packed row per pass.
     """
     return [
-        f"training.chunk_tokens={'null' if chunk_tokens is None else chunk_tokens}",
+        f"training.pass_tokens={'null' if pass_tokens is None else pass_tokens}",
         f"dataset.name={data}",
         "dataset.eval_split=null",
         "dataset.max_samples=null",
@@ -64,7 +64,7 @@ def ddp_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     data = write_chat_rows(tmp / "rows.jsonl", ROWS)
     proc = accelerate_launch(
-        ROOT / "configs/accelerate/ddp.yaml", one_epoch(data, tmp / "out", chunk_tokens=1)
+        ROOT / "configs/accelerate/ddp.yaml", one_epoch(data, tmp / "out", pass_tokens=1)
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return {"data": data, "out": tmp / "out", "output": proc.stdout + proc.stderr}
@@ -81,7 +81,7 @@ def test_accelerate_launch_trains_one_model_on_two_cpu_processes_in_half_the_ste
     assert info["world_size"] == 2 and info["distributed_type"] == "MULTI_CPU"
     assert single["world_size"] == 1 and single["global_step"] == ROWS // 4
     assert info["global_step"] * 2 == single["global_step"]  # each step consumed a batch on each rank
-    assert info["fast_path"]["split"] == "examples"  # the same number of passes on every rank
+    assert info["fast_path"]["split"] == "micro_batches"  # the same number of passes on every rank
     assert info["fast_path"]["passes"] == 4 * info["global_step"]  # 4 one-example micro-batches per step
     fingerprints = info["rank_param_fingerprints"]
     assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]  # the ranks hold one model
@@ -116,7 +116,7 @@ def test_notebook_launcher_runs_two_processes_and_writes_the_same_artifacts_as_a
         "import sys, json; from sftlib.train import launch; "
         "launch(sys.argv[1], json.loads(sys.argv[2]), num_processes=2)"
     )
-    overrides = json.dumps(one_epoch(ddp_run["data"], out, chunk_tokens=1))
+    overrides = json.dumps(one_epoch(ddp_run["data"], out, pass_tokens=1))
     proc = subprocess.run(
         [sys.executable, "-c", code, str(ROOT / "configs/tiny.yaml"), overrides],
         cwd=ROOT, capture_output=True, text=True, timeout=300,

@@ -1,14 +1,16 @@
-"""The fast path changes the layout of a batch, never what is learned: same losses, isolated examples."""
+"""The fast path changes how a step's examples are grouped, never what is learned: same losses, isolated examples."""
 
+import dataclasses
 import logging
 
 import pytest
 import torch
 
-from sftlib import autotune, dataset, embedded, fastpath, masking, views
+from sftlib import dataset, embedded, masking, measure, pass_tuner, plan, views
+from sftlib import trainer as trainers
 from sftlib.config import load_config
 from sftlib.errors import SftlibError
-from sftlib.fastpath import pack_rows, split_passes
+from sftlib.passes import example_spans, examples_per_micro_batch, pack_rows, split_passes
 from tests.conftest import write_chat_rows
 
 TINY = "embedded:tiny-random-llama"
@@ -84,7 +86,7 @@ def test_packed_logits_equal_each_sequence_run_alone(model, tokenizer):
     step = padding_free(examples, tokenizer.pad_token_id)
     with torch.no_grad():
         packed = model(input_ids=step["input_ids"], position_ids=step["position_ids"], use_cache=False).logits
-        for start, end in fastpath.example_spans(step):
+        for start, end in example_spans(step):
             alone = model(input_ids=step["input_ids"][:, start:end], use_cache=False).logits
             torch.testing.assert_close(packed[:, start:end], alone, atol=1e-5, rtol=1e-5)
 
@@ -92,7 +94,7 @@ def test_packed_logits_equal_each_sequence_run_alone(model, tokenizer):
 def test_a_kv_cache_in_train_mode_would_let_packed_examples_attend_to_each_other(model, tokenizer):
     """Why every forward pass of ours runs with use_cache=False: with a cache, transformers skips packing detection."""
     step = padding_free(chat_examples(tokenizer, n=2), tokenizer.pad_token_id)
-    second = slice(fastpath.example_spans(step)[1][0], None)
+    second = slice(example_spans(step)[1][0], None)
     with torch.no_grad():
         kwargs = {"input_ids": step["input_ids"], "position_ids": step["position_ids"]}
         isolated = model(**kwargs, use_cache=False).logits[:, second]
@@ -116,7 +118,7 @@ def build(cfg, fast: bool):
     from trl import SFTTrainer
 
     from sftlib import modeling
-    from sftlib.train import sft_config
+    from sftlib.sft_args import sft_config
 
     tokenizer = modeling.load_tokenizer(cfg.model)
     data = dataset.prepare(cfg, tokenizer, splits=("train",))
@@ -125,7 +127,7 @@ def build(cfg, fast: bool):
     model.config.use_cache = False
     peft_config = modeling.lora_config(cfg.model, model)
     if fast:
-        return fastpath.build_trainer(cfg, model, tokenizer, data.train, None, peft_config)
+        return trainers.build_trainer(cfg, model, tokenizer, data.train, None, peft_config)
     return SFTTrainer(
         model=model,
         args=sft_config(cfg),
@@ -141,8 +143,8 @@ def test_fast_trainer_loss_equals_the_plain_padded_loss_in_fp32(tmp_path):
     )
     plain, fast = build(cfg, fast=False), build(cfg, fast=True)
     assert fast.args.per_device_train_batch_size == 8 and fast.args.gradient_accumulation_steps == 1
-    assert isinstance(fast, fastpath.SftlibTrainer) and fast.plan.split == "passes"
-    assert fast.data_collator.padding_free  # TRL's collator lays out the step
+    assert isinstance(fast, trainers.SftlibTrainer) and fast.plan.split == "passes"
+    assert fast.args.padding_free and fast.data_collator.padding_free  # TRL's own padding-free collator
     examples = [plain.train_dataset[i] for i in range(8)]
     for t in (plain, fast):
         t.model.train()
@@ -163,22 +165,22 @@ def test_fast_trainer_loss_equals_the_plain_padded_loss_in_fp32(tmp_path):
     torch.testing.assert_close(loss_fast, loss_plain, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("chunk_tokens", [10**6, 1], ids=["one-pass", "a-pass-per-example"])
-def test_fast_training_follows_the_plain_trajectory(tmp_path, chunk_tokens):
+@pytest.mark.parametrize("pass_tokens", [10**6, 1], ids=["one-pass", "a-pass-per-example"])
+def test_fast_training_follows_the_plain_trajectory(tmp_path, pass_tokens):
     """Same examples per optimizer step: the losses of three steps match the plain run's, in one
     forward/backward pass per step or in one per example; TRL counts the same tokens."""
     steps = ["training.max_steps=3", "training.logging_steps=1", "training.learning_rate=0.01"]
     batch = ["training.per_device_train_batch_size=2", "training.gradient_accumulation_steps=4"]
     logs = {}
     for fast in (False, True):
-        chunk = [f"training.chunk_tokens={chunk_tokens}"] if fast else []
-        trainer = build(tiny_cfg(tmp_path / str(fast), *steps, *batch, *chunk), fast)
+        size = [f"training.pass_tokens={pass_tokens}"] if fast else []
+        trainer = build(tiny_cfg(tmp_path / str(fast), *steps, *batch, *size), fast)
         trainer.train()
         logs[fast] = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logs[True]) == 3
-    passes = trainer.plan.passes
-    assert trainer.plan.record()["attention_calls"]["segments"] > 0  # each example attended alone
-    assert passes == 3 if chunk_tokens > 1 else passes == 3 * 8  # one example per pass: 8 per step
+    passes = trainer.passes_run
+    assert trainer.plan_record()["attention_calls"]["segments"] > 0  # each example attended alone
+    assert passes == 3 if pass_tokens > 1 else passes == 3 * 8  # one example per pass: 8 per step
     losses = {k: torch.tensor([h["loss"] for h in v]) for k, v in logs.items()}
     torch.testing.assert_close(losses[True], losses[False], atol=1e-4, rtol=0)
     # TRL's own metrics, on both paths: real tokens counted the same (no padding on the fast path)
@@ -187,7 +189,7 @@ def test_fast_training_follows_the_plain_trajectory(tmp_path, chunk_tokens):
 
 
 def test_the_fast_path_counts_exactly_the_real_tokens(tmp_path):
-    cfg = tiny_cfg(tmp_path, "training.max_steps=2", "training.logging_steps=1", "training.chunk_tokens=1")
+    cfg = tiny_cfg(tmp_path, "training.max_steps=2", "training.logging_steps=1", "training.pass_tokens=1")
     trainer = build(cfg, fast=True)
     real = []
     collate = trainer.data_collator
@@ -209,7 +211,8 @@ def test_a_step_in_passes_gives_the_gradient_of_one_pass(tmp_path):
     n_items = int((batch["labels"][:, 1:] != -100).sum())
     results = {}
     for pass_tokens in (10**6, 1):
-        trainer.plan.tuner, trainer.plan.pass_tokens = None, pass_tokens
+        trainer.tuner = None
+        trainer.plan = dataclasses.replace(trainer.plan, pass_tokens=pass_tokens, pass_candidates=None)
         trainer.model.zero_grad()
         loss = trainer.training_step(trainer.model, dict(batch), num_items_in_batch=n_items)
         grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
@@ -224,10 +227,12 @@ def test_a_step_in_passes_gives_the_gradient_of_one_pass(tmp_path):
 def test_the_trainer_is_one_class_with_its_plan_and_patches_nothing(tmp_path):
     cfg = tiny_cfg(tmp_path, "training.max_steps=1")
     trainer = build(cfg, fast=True)
-    assert type(trainer) is fastpath.SftlibTrainer and type(trainer).__module__ == "sftlib.fastpath"
-    assert "training_step" not in vars(trainer) and "compute_loss" not in vars(fastpath.SftlibTrainer)
+    assert type(trainer) is trainers.SftlibTrainer and type(trainer).__module__ == "sftlib.trainer"
+    assert "training_step" not in vars(trainer) and "compute_loss" not in vars(trainers.SftlibTrainer)
     assert not hasattr(trainer, "sftlib_plan")
-    record = trainer.plan.record()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        trainer.plan.pass_tokens = 1  # the plan is a record; what changes during the run is the trainer's
+    record = trainer.plan_record()
     assert record["used"] and record["precision"] == "fp32" and "training.bf16" in record["precision_from"]
 
 
@@ -240,43 +245,48 @@ def test_pass_size_is_timed_on_the_first_steps_and_recorded(tmp_path, caplog):
         "training.activation_checkpointing=null",
     )
     trainer = build(cfg, fast=True)
-    tuner = trainer.plan.tuner
+    tuner = trainer.tuner
     assert tuner is not None and len(tuner.candidates) >= 2
+    assert list(trainer.plan.pass_candidates) == tuner.candidates and trainer.plan.pass_tokens is None
     with caplog.at_level(logging.INFO, logger="sftlib"):
         trainer.train()
-    record = trainer.plan.record()
+    record = trainer.plan_record()
     timing = record["pass_timing"]
     assert timing["chosen"] in tuner.candidates and record["pass_tokens"] == timing["chosen"]
     assert set(timing["timed_steps"]) == {str(c) for c in tuner.candidates}
-    assert all(len(runs) == autotune.TIMED_STEPS for runs in timing["timed_steps"].values())
-    assert any("pass size:" in r.message for r in caplog.records)
+    assert all(len(runs) == pass_tuner.TIMED_STEPS for runs in timing["timed_steps"].values())
+    assert any(r.message.startswith(f"pass_tokens: {timing['chosen']} (timed") for r in caplog.records)
     # checkpointing was decided for the largest candidate, which the tuner may keep
     assert f"for {max(tuner.candidates)} tokens" in record["checkpointing_from"]
     # notebook 03 shows each decision with its reason
     rows = {row["key"]: row["value"] for row in views.fast_path_rows(record)}
-    assert rows["tokens per pass"].startswith(f"{timing['chosen']}: timed on the first steps (tokens/s")
+    assert rows["pass_tokens"].startswith(f"{timing['chosen']}: timed on the first steps (tokens/s")
     assert rows["precision"].startswith(record["precision"]) and record["precision_from"] in rows["precision"]
     assert rows["activation checkpointing"].endswith(record["checkpointing_from"])
 
 
 def test_the_tuner_keeps_the_smallest_pass_within_five_percent_of_the_fastest():
-    tuner = autotune.PassTuner([128, 256, 512])
+    tuner = pass_tuner.PassTuner([128, 256, 512])
     speeds = {128: 100.0, 256: 192.0, 512: 200.0}  # tokens/s
     assert tuner.size_for_next_step() == 128  # the untimed first step
     tuner.record(128, 1000, 99.0)
-    for _ in range(autotune.TIMED_STEPS):
+    for _ in range(pass_tuner.TIMED_STEPS):
         for size in (128, 256, 512):
             assert tuner.size_for_next_step() == size
             tuner.record(size, 1000, 1000 / speeds[size])
     assert tuner.chosen == 256 and tuner.size_for_next_step() == 256  # 192 >= 0.95 x 200
-    assert autotune.PassTuner.tuning_steps(3) == 1 + 3 * autotune.TIMED_STEPS
+    assert pass_tuner.PassTuner.tuning_steps(3) == 1 + 3 * pass_tuner.TIMED_STEPS
 
 
 def test_pass_candidates_double_up_to_the_whole_step_within_the_cap():
-    assert autotune.pass_candidates(whole_step=544, cap_tokens=750) == [256, 512, 544]  # 544: the whole step
-    assert autotune.pass_candidates(whole_step=8192, cap_tokens=529) == [128, 256, 512]
-    assert autotune.pass_candidates(whole_step=8192, cap_tokens=300) == [128, 256]
-    assert autotune.pass_candidates(whole_step=100, cap_tokens=10**6) == [128]
+    assert pass_tuner.pass_candidates(whole_step=544, cap_tokens=750) == [
+        256,
+        512,
+        544,
+    ]  # 544: the whole step
+    assert pass_tuner.pass_candidates(whole_step=8192, cap_tokens=529) == [128, 256, 512]
+    assert pass_tuner.pass_candidates(whole_step=8192, cap_tokens=300) == [128, 256]
+    assert pass_tuner.pass_candidates(whole_step=100, cap_tokens=10**6) == [128]
 
 
 def test_frozen_weights_go_to_bf16_while_adapters_and_buffers_keep_fp32(model):
@@ -286,7 +296,7 @@ def test_frozen_weights_go_to_bf16_while_adapters_and_buffers_keep_fp32(model):
 
     m = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj"]))
     buffers = {n: b.dtype for n, b in m.named_buffers()}
-    autotune.cast_weights(m, torch.bfloat16)
+    plan.cast_weights(m, torch.bfloat16)
     for name, p in m.named_parameters():
         assert p.dtype == (torch.float32 if p.requires_grad else torch.bfloat16), name
     assert {n: b.dtype for n, b in m.named_buffers()} == buffers  # rotary frequencies stay fp32
@@ -294,25 +304,32 @@ def test_frozen_weights_go_to_bf16_while_adapters_and_buffers_keep_fp32(model):
     assert base.config.tie_word_embeddings and base.lm_head.weight is base.model.embed_tokens.weight
 
 
-def test_unset_precision_is_timed_and_bf16_stores_the_frozen_base_in_bf16(tmp_path, monkeypatch):
-    monkeypatch.setattr(autotune, "time_precisions", lambda *a, **k: {"bf16": 0.01, "fp32": 0.04})
-    trainer = build(tiny_cfg(tmp_path, "training.bf16=null", "training.max_steps=1"), fast=True)
-    record = trainer.plan.record()
+def test_unset_precision_is_timed_and_bf16_stores_the_frozen_base_in_bf16(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(measure, "time_precisions", lambda *a, **k: {"bf16": 0.01, "fp32": 0.04})
+    with caplog.at_level(logging.INFO, logger="sftlib"):
+        trainer = build(tiny_cfg(tmp_path, "training.bf16=null", "training.max_steps=1"), fast=True)
+    record = trainer.plan_record()
     assert record["precision"] == "bf16" and record["precision_seconds"] == {"bf16": 0.01, "fp32": 0.04}
     assert record["frozen_weights_dtype"] == "bfloat16" and trainer.args.bf16  # autocast runs the adapters
     trainable = [p for p in trainer.model.parameters() if p.requires_grad]
     assert trainable and all(p.dtype == torch.float32 for p in trainable)
     frozen = [p for p in trainer.model.parameters() if not p.requires_grad]
     assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
-    monkeypatch.setattr(autotune, "time_precisions", lambda *a, **k: {"bf16": 0.05, "fp32": 0.01})
+    # every side effect is the plan's apply step, named in the log and the record
+    applied = [r.message for r in caplog.records if r.message.startswith("plan: ")]
+    assert applied == [f"plan: {line}" for line in record["applied"]]
+    assert any("stored in bfloat16" in line for line in record["applied"])
+    assert any(line.startswith("attention implementation: sftlib_per_example") for line in record["applied"])
+    assert any(line.startswith("allocator: ") for line in record["applied"])
+    monkeypatch.setattr(measure, "time_precisions", lambda *a, **k: {"bf16": 0.05, "fp32": 0.01})
     slow_bf16 = build(tiny_cfg(tmp_path / "b", "training.bf16=null", "training.max_steps=1"), fast=True)
-    assert slow_bf16.plan.precision == "fp32" and not slow_bf16.args.bf16
+    assert slow_bf16.plan.setup.precision == "fp32" and not slow_bf16.args.bf16
     assert all(p.dtype == torch.float32 for p in slow_bf16.model.parameters())
 
 
 def test_checkpointing_is_decided_from_measured_memory_or_told(tmp_path):
     cfg = tiny_cfg(tmp_path, "training.activation_checkpointing=null")
-    decide = fastpath._decide_checkpointing
+    decide = plan.decide_checkpointing
     on, why = decide(cfg, 2**20, 2**31, False, 256, 100, True, None)
     assert not on and "fit in" in why
     on, why = decide(cfg, 2**20, 3 * 2**27, False, 256, 100, True, None)  # 256 MiB > half of 384 MiB
@@ -329,52 +346,64 @@ def test_checkpointing_is_decided_from_measured_memory_or_told(tmp_path):
 def test_unmeasurable_activation_memory_is_an_error_that_says_what_to_set(tmp_path):
     cfg = tiny_cfg(tmp_path, "training.activation_checkpointing=null")
     with pytest.raises(SftlibError, match="activation_checkpointing: true"):
-        fastpath._decide_checkpointing(cfg, None, 2**31, False, 256, 100, True, None)
+        plan.decide_checkpointing(cfg, None, 2**31, False, 256, 100, True, None)
 
 
 def test_without_the_fast_path_the_log_and_record_say_why_and_checkpointing_is_decided(tmp_path, caplog):
     cfg = tiny_cfg(tmp_path, "training.packing=true", "training.activation_checkpointing=null")
     with caplog.at_level(logging.INFO, logger="sftlib"):
         trainer = build(cfg, fast=True)
-    record = trainer.plan.record()
+    record = trainer.plan_record()
     assert not record["used"] and "packing" in record["why"] and record["split"] == "none"
     assert any("fast path off: training.packing" in r.message for r in caplog.records)
     assert "half the free memory" in record["checkpointing_from"]  # measured, not TRL's default True
     assert trainer.args.activation_checkpointing is record["activation_checkpointing"] is False
 
 
-def test_chunk_tokens_is_validated_refused_without_the_fast_path_and_not_passed_to_trl(tmp_path):
-    from sftlib.train import sft_config
+def test_pass_tokens_is_validated_refused_without_the_fast_path_and_not_passed_to_trl(tmp_path):
+    from sftlib.sft_args import sft_config
 
-    cfg = tiny_cfg(tmp_path, "training.chunk_tokens=64", "training.activation_checkpointing=null")
-    assert cfg.training["chunk_tokens"] == 64
-    assert not hasattr(sft_config(cfg), "chunk_tokens")
+    cfg = tiny_cfg(tmp_path, "training.pass_tokens=64", "training.activation_checkpointing=null")
+    assert cfg.training["pass_tokens"] == 64 == cfg.pass_tokens
+    assert not hasattr(sft_config(cfg), "pass_tokens")
     for bad in ("0", "'many'", "1.5"):
-        with pytest.raises(SftlibError, match="chunk_tokens"):
-            tiny_cfg(tmp_path, f"training.chunk_tokens={bad}")
-    with pytest.raises(SftlibError, match="chunk_tokens=64 is set, but .* off: training.packing"):
-        build(tiny_cfg(tmp_path, "training.chunk_tokens=64", "training.packing=true"), fast=True)
+        with pytest.raises(SftlibError, match="pass_tokens"):
+            tiny_cfg(tmp_path, f"training.pass_tokens={bad}")
+    with pytest.raises(SftlibError, match="pass_tokens=64 is set, but .* off: training.packing"):
+        build(tiny_cfg(tmp_path, "training.pass_tokens=64", "training.packing=true"), fast=True)
+
+
+def test_the_old_chunk_tokens_key_still_works_and_its_warning_names_pass_tokens(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="sftlib"):
+        cfg = tiny_cfg(tmp_path, "training.chunk_tokens=64")
+    assert cfg.pass_tokens == 64 and "chunk_tokens" not in cfg.training  # resolved_config.yaml: the new name
+    assert any(
+        "training.chunk_tokens is deprecated" in r.message and "training.pass_tokens" in r.message
+        for r in caplog.records
+    )
+    with pytest.raises(SftlibError, match="both set"):
+        tiny_cfg(tmp_path, "training.chunk_tokens=64", "training.pass_tokens=32")
 
 
 def test_several_processes_split_a_step_into_equal_micro_batches_of_whole_examples():
-    assert fastpath.examples_per_micro_batch(16, longest=100, pass_tokens=4096) == 16
-    assert fastpath.examples_per_micro_batch(16, longest=512, pass_tokens=4096) == 8
-    assert fastpath.examples_per_micro_batch(12, longest=512, pass_tokens=2048) == 4
-    assert fastpath.examples_per_micro_batch(8, longest=68, pass_tokens=128) == 1  # one example always fits
-    assert fastpath.examples_per_micro_batch(6, longest=1000, pass_tokens=128) == 1
+    assert examples_per_micro_batch(16, longest=100, pass_tokens=4096) == 16
+    assert examples_per_micro_batch(16, longest=512, pass_tokens=4096) == 8
+    assert examples_per_micro_batch(12, longest=512, pass_tokens=2048) == 4
+    assert examples_per_micro_batch(8, longest=68, pass_tokens=128) == 1  # one example always fits
+    assert examples_per_micro_batch(6, longest=1000, pass_tokens=128) == 1
 
 
 def test_measured_activation_memory_follows_what_autograd_keeps(model):
     """Per token, independent of length; checkpointing keeps only each layer's input; the RNG is untouched."""
-    per_token = autotune.activation_bytes_per_token(model, tokens=32)
-    assert per_token == autotune.activation_bytes_per_token(model, tokens=64)
+    per_token = measure.activation_bytes_per_token(model, tokens=32)
+    assert per_token == measure.activation_bytes_per_token(model, tokens=64)
     text = model.config
     layer_input = text.num_hidden_layers * text.hidden_size * 4  # fp32 hidden state per layer
     assert per_token > 4 * layer_input
     state = torch.random.get_rng_state()
     model.activation_checkpointing_enable()
     try:
-        checkpointed = autotune.activation_bytes_per_token(model, tokens=32)
+        checkpointed = measure.activation_bytes_per_token(model, tokens=32)
     finally:
         model.activation_checkpointing_disable()
     assert torch.equal(torch.random.get_rng_state(), state)

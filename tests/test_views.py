@@ -3,7 +3,7 @@
 import datasets
 import pytest
 
-from sftlib import dataset, views
+from sftlib import dataset, notebook, views
 from sftlib.config import DatasetConfig, ModelConfig, RunConfig
 
 
@@ -39,7 +39,7 @@ def test_turn_by_turn_shows_the_first_multi_turn_conversation(prepared, tokenize
 
 
 def test_standalone_page_is_styled_and_tables_are_left_aligned():
-    page = views.page(views.table_html([{"a": "<x>", "b": 1}]), "T & t")
+    page = notebook.page(views.table_html([{"a": "<x>", "b": 1}]), "T & t")
     assert page.startswith("<!doctype html>") and "<style>" in page and "<title>T &amp; t</title>" in page
     assert "&lt;x&gt;" in page and "text-align:left" in views.table_html([{"a": 1}])
 
@@ -69,7 +69,5 @@ def test_example_browser_is_a_live_widget_whose_buttons_and_slider_change_the_ex
 
 
 def test_browse_is_static_under_the_pipeline(prepared, tokenizer, monkeypatch):
-    from sftlib import notebook
-
     monkeypatch.setenv(notebook.HEADLESS_ENV, "1")
     assert "Legend" in views.browse(prepared.train, tokenizer, 1).data

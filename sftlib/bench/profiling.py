@@ -5,8 +5,8 @@ Each profiled operator's own time (not its children's) goes into one category:
 - matmul: aten::mm / addmm / bmm and friends, forward and backward (outside the LM head);
 - attention: the scaled-dot-product kernels, forward and backward, and everything under
   `sftlib::attention` (sftlib.attention's per-example attention);
-- LM head + loss (TRL): every op on the vocabulary dimension (TRL's fused head projects and folds
-  [tokens, vocab] tiles), and everything under its backward node;
+- LM head + loss (TRL): everything under TRL's fused LM head, forward and backward, and every op on
+  the vocabulary dimension (the gradient of a tied embedding);
 - dtype casts: copies and casts (autocast's per-op weight casts show here);
 - elementwise / other ops: every other aten op (norms, activations, residuals, LoRA scaling);
 - autograd engine: the backward nodes' own bookkeeping;
@@ -38,35 +38,32 @@ MATMUL = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::baddbmm", "aten::_mk
 # so the backward of sftlib.attention's matmul form, which runs outside its profiler range, counts here.
 ATTENTION = {"aten::bmm", "aten::_softmax", "aten::_softmax_backward_data"}
 CASTS = {"aten::to", "aten::_to_copy", "aten::copy_", "aten::clone", "aten::contiguous"}
-HEAD_TILE = 32768  # TRL's vocabulary chunk (trl.trainer.utils: the fused head's tile width)
+# TRL 1.16 offers no public hook around its fused LM head (add_fused_lm_head): its autograd function
+# shows in the profile under this name, forward and backward ("...Backward").
+FUSED_HEAD = "ChunkedLogProbFunction"
 
 
-def head_widths(vocab_size: int) -> set[int]:
-    """Dimensions that mark an op as LM-head work: the vocabulary and the widths of TRL's vocab tiles."""
-    return {vocab_size} | {min(HEAD_TILE, vocab_size - start) for start in range(0, vocab_size, HEAD_TILE)}
-
-
-def category(event, widths: set[int]) -> str | None:
+def category(event, vocab_size: int) -> str | None:
     """The category of one profiler event (None: a range whose own time is Python, not an op)."""
     name = event.name
     parent = event.cpu_parent
     while parent is not None:
         if parent.name.startswith("Optimizer."):
             return "optimizer"
-        if parent.name.startswith("ChunkedLogProbFunction"):
+        if parent.name.startswith(FUSED_HEAD):
             return "LM head + loss (TRL)"
         if parent.name == "sftlib::attention":
             return "attention"
         parent = parent.cpu_parent
     if name.startswith("Optimizer."):
         return "optimizer"
-    if name.startswith("ChunkedLogProbFunction"):
+    if name.startswith(FUSED_HEAD):
         return "LM head + loss (TRL)"
     if name.startswith("autograd::") or "Backward" in name:
         return "autograd engine"
     if not name.startswith("aten::"):
         return None
-    if any(dim in widths for shape in (event.input_shapes or []) for dim in (shape or [])):
+    if any(dim == vocab_size for shape in (event.input_shapes or []) for dim in (shape or [])):
         return "LM head + loss (TRL)"
     if name in MATMUL:
         return "matmul"
@@ -79,11 +76,10 @@ def category(event, widths: set[int]) -> str | None:
 
 def breakdown(events, wall_seconds: float, vocab_size: int) -> dict[str, Any]:
     """{category: share of the wall time} plus the seconds and the top operators of each category."""
-    widths = head_widths(vocab_size)
     seconds: collections.Counter = collections.Counter()
     ops: collections.Counter = collections.Counter()
     for event in events:
-        cat = category(event, widths)
+        cat = category(event, vocab_size)
         if cat is not None:
             seconds[cat] += event.self_cpu_time_total / 1e6
             ops[(cat, event.name)] += event.self_cpu_time_total / 1e6

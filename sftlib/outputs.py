@@ -1,0 +1,74 @@
+"""What a finished run writes into output_dir: the adapter or model, the tokenizer, run_info.json, the merge.
+
+output_dir holds, for LoRA / QLoRA, the adapter in `lora_weights/` and, once merged, the merged full
+model and the tokenizer beside it; for a full fine-tune, the model and tokenizer. Every folder is
+written through a staging folder, moved in, reloaded and compared (`sftlib.artifacts`); a merge is
+checked against base + adapter (`sftlib.merge`) and its figures go into run_info.json["merge"].
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sftlib.config import RunConfig
+from sftlib.errors import SftlibError
+from sftlib.layout import ADAPTER_DIRNAME, RUN_INFO
+
+log = logging.getLogger("sftlib")
+
+
+def save_trained(trainer, cfg: RunConfig, tokenizer) -> None:
+    """The adapter into lora_weights/ (LoRA) or the model into output_dir, and the tokenizer into output_dir.
+
+    Collective: every rank calls it (FSDP and DeepSpeed gather the weights while saving).
+    """
+    from sftlib import artifacts
+
+    out = cfg.output_dir
+    if cfg.model.use_lora:
+        artifacts.save_trained(trainer, out / ADAPTER_DIRNAME)
+        if trainer.accelerator.is_main_process:
+            artifacts.write_atomically(out, tokenizer.save_pretrained)
+    else:
+        artifacts.save_trained(trainer, out)
+    trainer.accelerator.wait_for_everyone()
+
+
+def merge_run(cfg: RunConfig, dtype: str | None = None) -> dict:
+    """Merge output_dir's adapter into the base (written into output_dir, checked), and record the check
+    in run_info.json when the run wrote one. One process, no collective: run it after the ranks have left."""
+    from sftlib import merge
+
+    log.info("merging %s into the base model", cfg.output_dir / ADAPTER_DIRNAME)
+    check = merge.merge_adapter(cfg.model, cfg.output_dir / ADAPTER_DIRNAME, cfg.output_dir, dtype=dtype)
+    path = cfg.output_dir / RUN_INFO
+    if path.is_file():
+        write_run_info(cfg.output_dir, {**json.loads(path.read_text()), "merge": check})
+    return check
+
+
+def write_run_info(output_dir: str | Path, info: dict[str, Any]) -> None:
+    path = Path(output_dir) / RUN_INFO
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def read_run_info(output_dir: str | Path) -> dict[str, Any]:
+    path = Path(output_dir) / RUN_INFO
+    if not path.is_file():
+        raise SftlibError(
+            f"{path} does not exist: no finished run in {output_dir}.", "train first (sftlib train)."
+        )
+    return json.loads(path.read_text())
+
+
+def clear_output_dir(out: Path) -> None:
+    """--overwrite: remove what a previous run wrote, so no stale file survives into the new run."""
+    if out.exists():
+        shutil.rmtree(out)
