@@ -9,6 +9,8 @@ until one of the model's stop tokens, and returns only the new text. Scoring is 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 from pathlib import Path
 
 from sftlib.config import ModelConfig, RunConfig
@@ -73,11 +75,17 @@ def tuned_model(cfg: RunConfig, use_adapter: bool = False) -> tuple[ModelConfig,
 
 @dataclasses.dataclass
 class Prompts:
-    """What to generate for: `references` are None where there is nothing to score against."""
+    """What to generate for: `references` are None where there is nothing to score against.
+
+    `contexts` holds, per prompt, the chat-template arguments it is rendered with, as in training
+    (`masking.template_context`: the row's `tools`, its source's dataset.chat_template_kwargs, then
+    the row's own `chat_template_kwargs`); pass them to `generate`.
+    """
 
     prompts: list
     references: list[str | None]
     source: str  # "yours", "held-out", or "seen in training"
+    contexts: list[dict | None] = dataclasses.field(default_factory=list)
 
     def scored(self) -> bool:
         return self.source == "held-out"
@@ -85,49 +93,126 @@ class Prompts:
 
 def prompts_for(cfg: RunConfig, limit: int | None = None, own: list[str] | None = None) -> Prompts:
     """The prompts notebook 05 answers: `own` prompts (user messages) when given; else the held-out
-    split with its references; else a few training prompts, labelled as seen in training and not
-    scored. Rows that can't be trained on are skipped."""
+    split of every source that has one, with its references; else a few training prompts, labelled
+    as seen in training and not scored. Sources take turns until `limit`. Rows that can't be trained
+    on are skipped.
+
+    A conversation is asked for its last assistant turn that answers in text: the prompt is the
+    messages before it (earlier tool calls and tool results included), rendered with the row's tools
+    and chat-template arguments, exactly the prompt masking trained that turn after; the reference
+    is the turn's content (any reasoning is kept apart in `reasoning_content` / `thinking`, and the
+    score compares answers after a reasoning block). A turn that calls tools has no text to compare
+    (which call is right is scored by tool-calling checks, not by exact match), so an earlier turn
+    that answers in text is asked, and a conversation without one is skipped. Own prompts are
+    rendered with the (first) source's dataset.chat_template_kwargs.
+    """
     from sftlib import data
 
     if own:
-        return Prompts([[{"role": "user", "content": p}] for p in own], [None] * len(own), "yours")
-    raw = data.load_raw(cfg.dataset, seed=cfg.seed)
-    fmt, _ = data.resolve_format(raw["train"], cfg.dataset.format)
-    if fmt == "text":
+        return own_prompts(own, cfg.sources[0].chat_template_kwargs)
+    loaded = []
+    for src in cfg.sources:
+        raw = data.load_raw(src, seed=cfg.seed)
+        fmt, _ = data.resolve_format(raw["train"], src.format)
+        if fmt != "text":
+            loaded.append((src, raw, fmt))
+    if not loaded:
         raise SftlibError(
             "a `text` dataset has no prompts to answer.",
             "give your own prompts (notebook 05's PROMPTS), or use a chat or prompt/completion dataset.",
         )
-    split, source = ("eval", "held-out") if "eval" in raw else ("train", "seen in training")
-    limit = limit if split == "eval" else min(limit or SEEN_PROMPTS, SEEN_PROMPTS)
-    prompts, references = [], []
-    for example in data.normalize(raw[split], fmt):
-        if limit is not None and len(prompts) >= limit:
-            break
-        if data.is_chat(example):
-            try:
-                messages = data.conversation(example).messages
-            except data.DropExample:
-                continue
-            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-            prompts.append(messages[:last])
-            references.append(messages[last]["content"])
-        elif isinstance(example.get("prompt"), str) and isinstance(example.get("completion"), str):
-            prompts.append(example["prompt"])
-            references.append(example["completion"])
-    if not prompts:
+    held_out = any("eval" in raw for _, raw, _ in loaded)
+    split, source = ("eval", "held-out") if held_out else ("train", "seen in training")
+    limit = limit if held_out else min(limit or SEEN_PROMPTS, SEEN_PROMPTS)
+    asked = [
+        _asked(data.normalize(raw[split], fmt), src.chat_template_kwargs, limit)
+        for src, raw, fmt in loaded
+        if split in raw
+    ]
+    # One source after another, a prompt at a time, so that each source is asked.
+    rows = [row for turn in itertools.zip_longest(*asked) for row in turn if row is not None][:limit]
+    if not rows:
         raise SftlibError(
             f"the {split} split has no prompt to answer.", "give your own prompts (notebook 05's PROMPTS)."
         )
-    return Prompts(prompts, references if split == "eval" else [None] * len(prompts), source)
+    prompts, references, contexts = (list(column) for column in zip(*rows, strict=True))
+    return Prompts(prompts, references if held_out else [None] * len(prompts), source, contexts)
 
 
-def _prompt_texts(tokenizer, prompts) -> tuple[list[str], bool]:
-    """Chat prompts become template text ending in the generation prompt; strings pass through.
+def own_prompts(texts: list[str], template_kwargs: dict | None) -> Prompts:
+    """User messages to answer, each rendered with `template_kwargs` (and no tools)."""
+    from sftlib import masking
+
+    context = masking.template_context({}, template_kwargs)
+    prompts = [[{"role": "user", "content": text}] for text in texts]
+    return Prompts(prompts, [None] * len(texts), "yours", [context] * len(texts))
+
+
+def trained_template_kwargs(model: str, adapter: str | None = None, given: str | None = None) -> dict:
+    """The chat-template arguments for `sftlib generate`: those the run was trained with (the
+    resolved config that training wrote beside the model, or beside the adapter folder), then the
+    JSON mapping `given` (--chat-template-kwargs). A model sftlib did not train has none saved."""
+    from sftlib.config import load_config
+
+    kwargs = {}
+    for folder in (Path(adapter).parent if adapter else None, Path(model)):
+        if folder is not None and (folder / "resolved_config.yaml").is_file():
+            kwargs = load_config(folder / "resolved_config.yaml").sources[0].chat_template_kwargs or {}
+            break
+    if given is None:
+        return kwargs
+    try:
+        extra = json.loads(given)
+    except json.JSONDecodeError:
+        extra = None
+    if not isinstance(extra, dict):
+        raise SftlibError(
+            f"--chat-template-kwargs must be a JSON object, got {given!r}.",
+            "give e.g. --chat-template-kwargs '{\"enable_thinking\": false}'.",
+        )
+    return {**kwargs, **extra}
+
+
+def _asked(norm, template_kwargs: dict | None, limit: int | None) -> list[tuple]:
+    """(prompt, reference, context) for the first `limit` askable rows of a normalized split."""
+    from sftlib import chat, data, masking
+
+    out = []
+    for example in norm:
+        if limit is not None and len(out) >= limit:
+            break
+        if not data.is_chat(example):
+            if isinstance(example.get("prompt"), str) and isinstance(example.get("completion"), str):
+                out.append((example["prompt"], example["completion"], None))
+            continue
+        try:
+            conversation = data.conversation(example)
+            context = masking.template_context(example, template_kwargs)
+        except data.DropExample:
+            continue
+        messages = conversation.messages
+        answered = [
+            i
+            for i, m in enumerate(messages)
+            if i >= conversation.first_trainable
+            and m["role"] == chat.TRAINED_ROLE
+            and not m.get("tool_calls")
+        ]
+        if answered:
+            out.append((messages[: answered[-1]], messages[answered[-1]]["content"], context))
+    return out
+
+
+def _prompt_texts(tokenizer, prompts, contexts=None) -> tuple[list[str], bool]:
+    """Chat prompts become template text ending in the generation prompt, each rendered with its
+    context (tools, chat-template arguments) by the call masking renders P with; strings pass through.
 
     Returns the texts and whether the tokenizer should add its own special tokens (only for raw
     strings: the chat template already wrote them).
     """
+    from sftlib import masking
+    from sftlib.data import DropExample
+
     if all(isinstance(p, str) for p in prompts):
         return list(prompts), True
     if all(isinstance(p, list) and all(isinstance(m, dict) for m in p) for p in prompts):
@@ -136,9 +221,18 @@ def _prompt_texts(tokenizer, prompts) -> tuple[list[str], bool]:
                 "the tokenizer has no chat template, so chat prompts cannot be rendered.",
                 "pass plain string prompts, or set model.chat_template.",
             )
-        texts = [
-            tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts
-        ]
+        contexts = contexts or [None] * len(prompts)
+        if len(contexts) != len(prompts):
+            raise SftlibError(f"got {len(contexts)} template contexts for {len(prompts)} prompts.")
+        texts = []
+        for k, (prompt, context) in enumerate(zip(prompts, contexts, strict=True)):
+            try:
+                texts.append(masking.render(tokenizer, prompt, True, context))
+            except DropExample as exc:
+                raise SftlibError(
+                    f"prompt {k} can't be rendered by the chat template ({exc.detail}).",
+                    "check the prompt's messages, tools and chat_template_kwargs against the template.",
+                ) from None
         return texts, False
     raise SftlibError(
         "prompts must be all strings or all chat message lists ([{'role': ..., 'content': ...}]).",
@@ -153,8 +247,12 @@ def generate(
     max_new_tokens: int = 32,
     batch_size: int = 16,
     progress: bool = True,
+    contexts: list[dict | None] | None = None,
 ) -> list[str]:
     """Greedy answers for `prompts`, in order: only the new text, without special tokens.
+
+    `contexts`: per chat prompt, the chat-template arguments to render it with (`Prompts.contexts`:
+    the row's tools and chat-template kwargs, as in training); None renders with none.
 
     Prompts are batched by token length (less padding) and left-padded; decoding stops at one of the
     model's stop tokens (`modeling.stop_ids`, the set masking trains) or after `max_new_tokens`.
@@ -168,7 +266,7 @@ def generate(
         return []
     if batch_size < 1:
         raise SftlibError(f"batch_size must be at least 1, got {batch_size}.")
-    texts, add_special_tokens = _prompt_texts(tokenizer, prompts)
+    texts, add_special_tokens = _prompt_texts(tokenizer, prompts, contexts)
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: lengths[i])
     stops = stop_ids(tokenizer, model.generation_config)

@@ -179,3 +179,123 @@ def test_scores_compare_answers_after_a_reasoning_block():
     assert score(["<think>\nday 5, month 3\n</think>\n\n2021-03-05"], ["2021-03-05"])["exact_match"] == 100.0
     assert score(["<think>\n2021-03-05\n</think>\n\nno idea"], ["2021-03-05"])["exact_match"] == 0.0
     assert token_f1("<think>x</think>2021-03-05", "<think>y</think> 2021-03-05") == 1.0
+
+
+WEEKDAY = {
+    "type": "function",
+    "function": {
+        "name": "weekday",
+        "description": "Day of the week of a date",
+        "parameters": {"type": "object", "properties": {"date": {"type": "string"}}, "required": ["date"]},
+    },
+}
+
+
+def _tool_row(i: int, final: bool = True, **extra) -> dict:
+    """A tool-calling conversation: a call (arguments as a JSON string), its result, then an answer."""
+    date = f"2021-03-{i + 1:02d}"
+    messages = [
+        {"role": "system", "content": "You can call tools."},
+        {"role": "user", "content": f"What day of the week was {date}?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": f"c{i}",
+                    "type": "function",
+                    "function": {"name": "weekday", "arguments": f'{{"date": "{date}"}}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": f"c{i}", "content": '{"weekday": "Friday"}'},
+        {"role": "assistant", "content": f"{date} was a Friday."},
+    ]
+    return {"tools": [WEEKDAY], "messages": messages if final else messages[:3], **extra}
+
+
+def test_held_out_prompts_are_the_prompts_masking_trained_after_with_tools_and_template_kwargs(tmp_path):
+    import json
+
+    from sftlib import dataset, modeling
+    from sftlib.generate import _prompt_texts
+
+    chat = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
+    test_rows = [
+        _tool_row(0),
+        _tool_row(1, chat_template_kwargs={"enable_thinking": True}),  # the row's own kwargs win
+        _tool_row(2, final=False),  # ends with a tool call: no text answer to score, not asked
+        chat,
+    ]
+    (tmp_path / "data").mkdir()
+    train_rows = [_tool_row(3, chat_template_kwargs={"enable_thinking": True}), chat]  # the same columns
+    for split, rows in (("train", train_rows), ("test", test_rows)):
+        with open(tmp_path / "data" / f"{split}.jsonl", "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+    cfg = RunConfig(
+        ModelConfig(path=TINY, chat_template="qwen3"),
+        DatasetConfig(
+            name=str(tmp_path / "data"), eval_split="test", chat_template_kwargs={"enable_thinking": False}
+        ),
+    )
+    asked = prompts_for(cfg, limit=10)
+    assert asked.source == "held-out"
+    assert asked.references == ["2021-03-01 was a Friday.", "2021-03-02 was a Friday.", "Hello."]
+    assert asked.prompts[0][-1] == {"role": "tool", "tool_call_id": "c0", "content": '{"weekday": "Friday"}'}
+    assert asked.prompts[0][2]["tool_calls"][0]["function"]["arguments"] == {"date": "2021-03-01"}
+    assert [c["tools"] for c in asked.contexts] == [[WEEKDAY], [WEEKDAY], None]
+    assert [c["enable_thinking"] for c in asked.contexts] == [False, True, False]
+
+    tokenizer = modeling.load_tokenizer(cfg.model)
+    texts, add_special_tokens = _prompt_texts(tokenizer, asked.prompts, asked.contexts)
+    assert not add_special_tokens
+    assert '"name": "weekday"' in texts[0] and '{"weekday": "Friday"}' in texts[0]  # schema, tool result
+    assert texts[0].endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")  # enable_thinking: false
+    assert texts[1].endswith("<|im_start|>assistant\n")  # the row's enable_thinking: true
+    # Masking trained a turn right after each of these prompts, tokenized alone.
+    trained = dataset.prepare(cfg, tokenizer, splits=("eval",)).eval
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert any(
+            row["input_ids"][: len(ids)] == ids
+            and row["labels"][len(ids) - 1] == -100
+            and row["labels"][len(ids)] == row["input_ids"][len(ids)]
+            for row in trained
+        ), text
+    plain = generate(*load_for_generation(cfg.model), asked.prompts[2:], max_new_tokens=1, progress=False)
+    assert len(plain) == 1
+
+
+def test_generate_renders_each_prompt_with_its_context(tiny):
+    model, tokenizer = tiny
+    from sftlib import masking
+    from sftlib.generate import _prompt_texts
+
+    contexts = [masking.template_context({"tools": [WEEKDAY]}), None]
+    texts, _ = _prompt_texts(tokenizer, PROMPTS[:2], contexts)
+    assert texts[0] == tokenizer.apply_chat_template(
+        PROMPTS[0], tools=[WEEKDAY], add_generation_prompt=True, tokenize=False
+    )
+    assert texts[1] == tokenizer.apply_chat_template(PROMPTS[1], add_generation_prompt=True, tokenize=False)
+    with pytest.raises(SftlibError, match="1 template contexts for 2 prompts"):
+        generate(model, tokenizer, PROMPTS[:2], contexts=contexts[:1], progress=False)
+
+
+def test_own_prompts_and_the_cli_use_the_kwargs_the_run_was_trained_with(tmp_path):
+    from sftlib.config import write_resolved
+    from sftlib.generate import trained_template_kwargs
+
+    cfg = RunConfig(
+        ModelConfig(path=TINY),
+        DatasetConfig(name="configs/data/iso_dates", chat_template_kwargs={"enable_thinking": False}),
+    )
+    own = prompts_for(cfg, own=["Hi"])
+    assert own.contexts == [{"tools": None, "enable_thinking": False}]
+    write_resolved(cfg, tmp_path)
+    assert trained_template_kwargs(str(tmp_path)) == {"enable_thinking": False}
+    adapter = tmp_path / "lora_weights"
+    assert trained_template_kwargs(TINY, str(adapter), '{"x": 1}') == {"enable_thinking": False, "x": 1}
+    assert trained_template_kwargs(TINY, None, '{"enable_thinking": true}') == {"enable_thinking": True}
+    assert trained_template_kwargs(TINY) == {}
+    with pytest.raises(SftlibError, match="must be a JSON object"):
+        trained_template_kwargs(TINY, None, "enable_thinking=false")
