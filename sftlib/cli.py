@@ -114,13 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the demo: SmolLM2 fails a task, is fine-tuned on CPU, then solves it")
     _add_config(
-        p, default="configs/demo.yaml as shipped with sftlib; with --lesson chat, configs/chat_lesson.yaml"
+        p,
+        default="configs/demo.yaml as shipped with sftlib; --lesson chat: configs/chat_lesson.yaml; "
+        "--lesson tools: configs/tool_lesson.yaml",
     )
     p.add_argument(
         "--lesson",
-        choices=["dates", "chat"],
+        choices=["dates", "chat", "tools"],
         default="dates",
-        help="dates: one-turn ISO dates; chat: two-turn chats on Qwen3's reasoning template (turn-by-turn masks)",
+        help="dates: one-turn ISO dates; chat: two-turn chats on Qwen3's reasoning template (turn-by-turn masks); "
+        "tools: calling a weekday(date) tool, with the real tool loop in notebook 05",
     )
     _add_notebook_args(p, "folder for everything the demo makes (default: runs/demo)", default="runs/demo")
     p.set_defaults(func=cmd_demo)

@@ -1,4 +1,4 @@
-"""The demo lessons, their tasks and their run (`sftlib demo [--lesson chat]`): the notebook suite on each.
+"""The demo lessons, their tasks and their run (`sftlib demo [--lesson chat|tools]`): the notebook suite on each.
 
 - `dates` (the default): rewrite an English date written in one of many styles as ISO `YYYY-MM-DD`.
 - `chat`: a two-turn chat on a reasoning-style template (TRL's bundled `qwen3`). Turn 1 reasons in a
@@ -6,6 +6,8 @@
   answers ("Now as DD/MM/YYYY.", "Which year is that?", "Which month is that?"), so the score shows the
   model answering the second turn from the first. Qwen3's template drops earlier turns' reasoning
   once a later turn follows, so each conversation is trained as two examples (sftlib.masking).
+- `tools`: call a `weekday(date)` tool with the date normalized, answer with its result, and answer
+  lesson 1's question without a call (sftlib.tool_lesson); notebook 05 runs the real tool loop.
 
 SmolLM2-135M-Instruct fails it zero-shot (it chats, explains, or gets the digits wrong), and a
 short LoRA run teaches it, so `sftlib demo` can show a measurable before/after on a CPU. The
@@ -30,7 +32,12 @@ from sftlib.errors import SftlibError
 TASK_NAME = "iso_dates"
 DATA_DIR = Path("configs/data") / TASK_NAME  # how configs name the task's data (shipped: sftlib.shipped)
 CHAT_DATA_DIR = Path("configs/data") / "date_chats"
-LESSONS = {"dates": ("demo.yaml", DATA_DIR), "chat": ("chat_lesson.yaml", CHAT_DATA_DIR)}  # config, data
+TOOL_DATA_DIR = Path("configs/data") / "weekday_tools"  # sftlib.tool_lesson
+LESSONS = {  # config, data
+    "dates": ("demo.yaml", DATA_DIR),
+    "chat": ("chat_lesson.yaml", CHAT_DATA_DIR),
+    "tools": ("tool_lesson.yaml", TOOL_DATA_DIR),
+}
 N_CHAT_TRAIN = 800
 N_TRAIN = 1200
 N_EVAL = 64
@@ -177,7 +184,10 @@ def write_demo_dataset(
     lesson: str = "dates",
 ) -> dict[str, Path]:
     """Write a lesson's `train.jsonl` and `test.jsonl` into `out_dir`; return {"train": path, "test": path}."""
-    train, test = (build_chat_rows if lesson == "chat" else build_demo_rows)(n_train, n_eval, seed)
+    from sftlib import tool_lesson
+
+    build = {"dates": build_demo_rows, "chat": build_chat_rows, "tools": tool_lesson.build_tool_rows}[lesson]
+    train, test = build(n_train, n_eval, seed)
     out_dir = Path(out_dir)
     return {
         "train": write_jsonl(train, out_dir / "train.jsonl"),

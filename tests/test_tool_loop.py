@@ -1,0 +1,127 @@
+"""The tool lesson's data and the tool loop: parsing the template's calls, running tools, scoring."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sftlib import demo, masking, tool_lesson, tool_loop
+from sftlib.config import load_config
+from sftlib.tool_loop import Transcript
+
+ROOT = Path(__file__).resolve().parents[1]
+CALL = {"type": "function", "function": {"name": "weekday", "arguments": {"date": "2021-03-05"}}}
+
+
+def test_parse_tool_calls_reads_the_qwen2_5_format_and_names_what_is_malformed():
+    text = '<tool_call>\n{"name": "weekday", "arguments": {"date": "2021-03-05"}}\n</tool_call>'
+    assert tool_loop.parse_tool_calls(text) == [CALL]
+    as_string = '<tool_call>{"name": "weekday", "arguments": "{\\"date\\": \\"2021-03-05\\"}"}</tool_call>'
+    assert tool_loop.parse_tool_calls(as_string) == [CALL]  # arguments as a JSON string, parsed
+    assert tool_loop.parse_tool_calls("Friday") == []
+    two = text + "\n" + text.replace("03-05", "03-06")
+    assert [c["function"]["arguments"]["date"] for c in tool_loop.parse_tool_calls(two)] == [
+        "2021-03-05",
+        "2021-03-06",
+    ]
+    for bad, says in [
+        ("<tool_call>\n{name: weekday}\n</tool_call>", "not JSON"),
+        ('<tool_call>{"arguments": {}}</tool_call>', "no function name"),
+        ('<tool_call>{"name": "weekday", "arguments": [1]}</tool_call>', "not a mapping"),
+        ('<tool_call>{"name": "weekday", "arguments": {"date": "2021-03-0', "not JSON"),  # cut off
+    ]:
+        with pytest.raises(tool_loop.BadCall, match=says):
+            tool_loop.parse_tool_calls(bad)
+
+
+def test_run_call_refuses_unknown_tools_and_wrong_argument_names_and_reports_bad_values():
+    assert tool_loop.run_call(CALL, tool_lesson.TOOLS) == "Friday"
+    with pytest.raises(tool_loop.BadCall, match="unknown tool 'calendar'"):
+        tool_loop.run_call({"function": {"name": "calendar", "arguments": {}}}, tool_lesson.TOOLS)
+    with pytest.raises(tool_loop.BadCall, match="weekday: missing a required argument: 'date'"):
+        tool_loop.run_call({"function": {"name": "weekday", "arguments": {"day": "x"}}}, tool_lesson.TOOLS)
+    with pytest.raises(tool_loop.BadCall, match="unexpected keyword argument 'year'"):
+        tool_loop.run_call(
+            {"function": {"name": "weekday", "arguments": {"date": "x", "year": 1}}}, tool_lesson.TOOLS
+        )
+    bad_value = {"function": {"name": "weekday", "arguments": {"date": "5 March"}}}
+    assert tool_loop.run_call(bad_value, tool_lesson.TOOLS).startswith("error: '5 March' is not a date")
+
+
+def test_score_counts_exact_calls_answers_and_tool_free_answers():
+    good = Transcript(first="...", calls=[CALL], results=["Friday"], answer="Friday")
+    wrong_date = Transcript(first="...", calls=[{"type": "function", "function": {"name": "weekday", "arguments": {"date": "2021-05-03"}}}], results=["Monday"], answer="Monday")  # fmt: skip
+    malformed = Transcript(first="<tool_call>{", error="not JSON")
+    plain, needless_call = (
+        Transcript(first="2021-03-05", answer="2021-03-05"),
+        Transcript(first="...", calls=[CALL]),
+    )
+    s = tool_loop.score(
+        [good, wrong_date, malformed, plain, needless_call],
+        [CALL, CALL, CALL, None, None],
+        ["Friday", "Friday", "Friday", "2021-03-05", "2021-03-05"],
+    )
+    assert s == {
+        "call_exact": 1 / 3,
+        "answer_exact": 1 / 3,
+        "no_tool_correct": 0.5,
+        "tool_prompts": 3,
+        "no_tool_prompts": 2,
+    }
+    rows = tool_loop.transcript_rows(
+        [[{"role": "user", "content": "q"}]] * 2, [malformed, good], [good, plain], 2
+    )
+    assert (
+        rows[0]["base_call"] == "malformed: not JSON"
+        and rows[0]["tuned_call"] == 'weekday({"date": "2021-03-05"})'
+    )
+    assert rows[1]["tuned_call"] == "(none)" and rows[1]["base_result"] == "Friday"
+
+
+def test_committed_tool_lesson_files_are_what_the_generator_writes(tmp_path):
+    paths = demo.write_demo_dataset(tmp_path, n_train=tool_lesson.N_TRAIN, lesson="tools")
+    for split in ("train", "test"):
+        committed = Path(demo.TOOL_DATA_DIR) / f"{split}.jsonl"
+        assert paths[split].read_bytes() == (ROOT / committed).read_bytes(), f"{committed} is stale"
+
+
+def test_tool_lesson_rows_call_the_tool_on_held_out_dates_and_a_quarter_need_none():
+    train, test = tool_lesson.build_tool_rows(40, 12)
+    for row in train + test:
+        roles = [m["role"] for m in row["messages"]]
+        if roles == ["system", "user", "assistant"]:
+            assert row["messages"][1]["content"].startswith(demo.INSTRUCTION)
+            continue
+        assert roles == ["system", "user", "assistant", "tool", "assistant"]
+        (call,) = row["messages"][2]["tool_calls"]
+        assert (
+            row["messages"][3]["content"]
+            == row["messages"][4]["content"]
+            == tool_lesson.weekday(call["function"]["arguments"]["date"])
+        )
+    assert sum(len(r["messages"]) == 3 for r in test) == 3
+    dates = [json.dumps(r["messages"][2].get("tool_calls") or r["messages"][2]["content"]) for r in train]
+    assert not {
+        json.dumps(r["messages"][2].get("tool_calls") or r["messages"][2]["content"]) for r in test
+    } & set(dates)
+
+
+def test_the_tool_lesson_trains_the_call_and_the_answer_not_the_schema_or_the_result(tmp_path):
+    from sftlib import dataset, modeling
+
+    cfg = load_config(
+        ROOT / "configs/tool_lesson.yaml",
+        [f"dataset.name={ROOT / demo.TOOL_DATA_DIR}", "dataset.max_samples=8"],
+    )
+    tokenizer = modeling.load_tokenizer(cfg.model)
+    prepared = dataset.prepare(cfg, tokenizer, splits=("train",), limit=8)
+    row = next(r for r in prepared.train if len(masking.trained_runs(r["labels"])) == 2)
+    call, answer = (tokenizer.decode(row["input_ids"][a:b]) for a, b in masking.trained_runs(row["labels"]))
+    assert call.startswith('<tool_call>\n{"name": "weekday", "arguments": {"date": ') and call.endswith(
+        "</tool_call><|im_end|>"
+    )
+    assert answer.endswith("day<|im_end|>")
+    untrained = tokenizer.decode(
+        [i for i, label in zip(row["input_ids"], row["labels"], strict=True) if label == -100]
+    )
+    assert "<tools>" in untrained and "<tool_response>" in untrained and tool_lesson.SYSTEM in untrained
