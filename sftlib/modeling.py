@@ -217,6 +217,12 @@ def load_model(model_cfg: ModelConfig, *, quantize: bool = True, device_map=None
         kwargs["device_map"] = device_map if device_map is not None else this_process_device_map()
     try:
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except ImportError as exc:  # an attention implementation whose kernels are not installed
+        raise SftlibError(
+            f"model.attn_implementation={model_cfg.attn_implementation!r} can't run here: {_first_line(exc)}",
+            "install its package (flash-attn for flash_attention_2), or set model.attn_implementation: null "
+            "to let sftlib choose.",
+        ) from exc
     except (OSError, ValueError) as exc:
         raise SftlibError(
             f"could not load model {path!r}: {_first_line(exc)}",

@@ -43,15 +43,18 @@ def one_epoch(data: Path, out: Path, batch: int = 4, pass_tokens: int | None = N
     ]
 
 
-def accelerate_launch(config_file: Path, overrides: list[str], num_processes: int = 2, *extra: str):
+def accelerate_launch(config_file: Path, overrides: list[str], stamps: Path, num_processes: int = 2):
+    """`accelerate launch ... sftlib train`, through tests/launch_stamped.py: the same CLI, plus the stamps of
+    when each rank exits and when the merge starts (in `stamps`)."""
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
-        "--num_processes", str(num_processes), "--main_process_port", str(distributed.free_port()), *extra,
-        "-m", "sftlib", "train", "--config", "configs/tiny.yaml",
+        "--num_processes", str(num_processes), "--main_process_port", str(distributed.free_port()),
+        str(ROOT / "tests/launch_stamped.py"), "train", "--config", "configs/tiny.yaml",
     ]  # fmt: skip
     for item in overrides:
         cmd += ["--set", item]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "SFTLIB_TEST_STAMPS": str(stamps)}
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
 
 
 def run_info(out: Path) -> dict:
@@ -64,10 +67,10 @@ def ddp_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     data = write_chat_rows(tmp / "rows.jsonl", ROWS)
     proc = accelerate_launch(
-        ROOT / "configs/accelerate/ddp.yaml", one_epoch(data, tmp / "out", pass_tokens=1)
+        ROOT / "configs/accelerate/ddp.yaml", one_epoch(data, tmp / "out", pass_tokens=1), tmp / "stamps"
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return {"data": data, "out": tmp / "out", "output": proc.stdout + proc.stderr}
+    return {"data": data, "out": tmp / "out", "output": proc.stdout + proc.stderr, "stamps": tmp / "stamps"}
 
 
 # --------------------------------------------------------------------------- 2 processes, CPU, gloo
@@ -90,6 +93,19 @@ def test_accelerate_launch_trains_one_model_on_two_cpu_processes_in_half_the_ste
     # rank 0 alone reports: sftlib's own log lines and the final line appear once, not once per rank
     assert ddp_run["output"].count("done: 2 steps") == 1
     assert ddp_run["output"].count("dataset format:") == 1
+
+
+@pytest.mark.slow
+def test_rank_one_has_exited_before_rank_zero_starts_the_merge(ddp_run):
+    """The merge runs after the collective: no rank waits on a barrier while rank 0 merges."""
+    stamps = {p.stem: json.loads(p.read_text()) for p in ddp_run["stamps"].glob("*.json")}
+    assert set(stamps) == {"exit-rank-0", "exit-rank-1", "merge-start"}
+    start, rank1, rank0 = stamps["merge-start"], stamps["exit-rank-1"], stamps["exit-rank-0"]
+    assert start["pid"] == rank0["pid"] != rank1["pid"]  # rank 0 merged, once
+    assert rank1["time"] < start["time"] < rank0["time"]
+    assert start["exited_ranks"] == 1 and start["running"] == []  # rank 1's process was gone, not only done
+    check = run_info(ddp_run["out"])["merge"]  # and the merge ran, was checked and recorded
+    assert check["max_logit_difference"] <= check["tolerance"]
 
 
 @pytest.mark.slow

@@ -104,3 +104,18 @@ def test_the_lm_head_hook_leaves_calls_without_the_fused_head_alone():
         with lm_head.trained_positions_only(model):
             after = model(input_ids=ids, labels=labels).logits  # full logits: a custom loss, generation
     assert after.shape == before.shape and torch.equal(after, before)
+
+
+def test_an_attention_whose_kernels_are_missing_is_one_error_naming_the_setting():
+    import importlib.util
+
+    from sftlib import modeling
+    from sftlib.config import ModelConfig
+    from sftlib.errors import SftlibError
+
+    if importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("flash-attn is installed here")
+    with pytest.raises(SftlibError, match="model.attn_implementation='flash_attention_2'.*Fix: install"):
+        modeling.load_model(
+            ModelConfig(path="embedded:tiny-random-llama", attn_implementation="flash_attention_2")
+        )

@@ -1,4 +1,4 @@
-"""Training end to end on the tiny model: the seed's layout, artifacts that reload, merge equivalence."""
+"""Training end to end on the tiny model: output_dir's files, artifacts that reload, merge equivalence."""
 
 import json
 import subprocess
@@ -28,7 +28,7 @@ def tiny_cfg(tmp_path: Path, *overrides: str):
     return load_config(ROOT / "configs/tiny.yaml", base + list(overrides))
 
 
-def test_lora_run_writes_the_seed_layout_and_every_artifact_reloads(tmp_path):
+def test_lora_run_writes_adapter_merged_model_and_tokenizer_and_every_artifact_reloads(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -118,7 +118,7 @@ def test_training_into_a_finished_run_is_refused_and_touches_nothing(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_lora_run_on_the_real_smollm2_writes_the_seed_layout(tmp_path):
+def test_cli_lora_run_on_the_real_smollm2_writes_adapter_merged_model_and_tokenizer(tmp_path):
     out = tmp_path / "lora"
     cmd = [
         sys.executable, "-m", "sftlib", "train", "--config", "configs/lora_train_config.yaml",
@@ -145,3 +145,62 @@ def test_the_configured_chat_template_is_saved_with_the_tokenizer(tmp_path):
         == chat_template_text("qwen2_5")
         != AutoTokenizer.from_pretrained(_base_dir(cfg)).chat_template
     )
+
+
+def test_merge_false_leaves_the_adapter_and_sftlib_merge_merges_it_later(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sftlib import cli
+
+    data = write_chat_rows(tmp_path / "chat.jsonl")
+    overrides = [
+        f"dataset.name={data}",
+        "dataset.eval_split=null",
+        "dataset.max_samples=null",
+        f"training.output_dir={tmp_path / 'out'}",
+        "training.max_steps=2",
+        "training.learning_rate=0.01",
+    ]
+    cfg = load_config(ROOT / "configs/tiny.yaml", [*overrides, "training.merge=false"])
+    info = train(cfg)
+    out = cfg.output_dir
+    assert info["merge"] is None and json.loads((out / "run_info.json").read_text())["merge"] is None
+    assert (out / "lora_weights" / "adapter_model.safetensors").is_file() and (
+        out / "tokenizer.json"
+    ).is_file()
+    assert not (out / "model.safetensors").exists()  # nothing merged
+
+    args = ["merge", "--config", str(ROOT / "configs/tiny.yaml")] + [
+        x for o in overrides for x in ("--set", o)
+    ]
+    assert cli.main(args) == 0
+    check = json.loads((out / "run_info.json").read_text())["merge"]  # recorded where the run's figures are
+    assert check["max_logit_difference"] <= check["tolerance"] and check["resolves_adapter"]
+    adapted = merge.load_base_with_adapter(cfg.model, out / "lora_weights")
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    ids = merge.sample_inputs(AutoTokenizer.from_pretrained(out))
+    assert (merge.logits(merged, ids) - merge.logits(adapted, ids)).abs().max() < 1e-4
+
+
+def test_an_unexpected_error_is_one_line_and_its_traceback_is_kept_in_output_dir(
+    tmp_path, capsys, monkeypatch
+):
+    from sftlib import cli, trainer
+
+    def shape_error(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (8x64 and 32x64)")
+
+    monkeypatch.setattr(trainer, "build_trainer", shape_error)
+    data = write_chat_rows(tmp_path / "chat.jsonl")
+    out = tmp_path / "out"
+    args = ["train", "--config", str(ROOT / "configs/tiny.yaml"), "--set", f"dataset.name={data}"]
+    args += ["--set", "dataset.eval_split=null", "--set", f"training.output_dir={out}"]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "error: RuntimeError: mat1 and mat2 shapes cannot be multiplied (8x64 and 32x64) "
+        f"(traceback in {out / 'error.log'})"
+    )
+    assert not any("Traceback" in line for line in err)
+    trace = (out / "error.log").read_text()
+    assert trace.startswith("Traceback") and "shape_error" in trace and "in train" in trace

@@ -83,9 +83,11 @@ report() {  # report NAME OUTPUT_DIR: print the run's numbers from run_info.json
 import json, sys
 name, path = sys.argv[1], sys.argv[2]
 info = json.load(open(path))
+plan = info.get("fast_path") or {}
 print(f"{name}: {info['global_step']} steps, world size {info['world_size']} ({info['distributed_type']}), "
       f"{info.get('tokens_per_second')} tokens/s, peak {info.get('peak_memory_mb')} MB "
-      f"({info.get('peak_memory_kind')}), final loss {info['final_loss']:.4f}, train {info['train_runtime_s']} s")
+      f"({info.get('peak_memory_kind')}), final loss {info['final_loss']:.4f}, train {info['train_runtime_s']} s, "
+      f"attention {plan.get('attention')} ({plan.get('attention_from')}), pass_tokens {plan.get('pass_tokens')}")
 PY
 }
 
@@ -186,7 +188,7 @@ mem = lambda side: side["peak_gpu_mb"] if side["peak_gpu_mb"] is not None else s
 print(f"1B bench: speedup {r['speedup']:.2f}x, MFU baseline {b['mfu_bf16']:.3f} / sftlib {s['mfu_bf16']:.3f} (bf16 ceiling), "
       f"peak memory baseline {mem(b):.0f} / sftlib {mem(s):.0f} MB "
       f"(ratio {mem(s) / mem(b):.2f}; {'GPU' if s['peak_gpu_mb'] is not None else 'host RSS: no GPU'}), "
-      f"sftlib pass tokens {s['pass_tokens']}, precision {s['precision']}")
+      f"sftlib pass_tokens {s['pass_tokens']}, precision {s['precision']}, attention {s['fast_path']['attention']}")
 PY
   then
     RESULTS+=("PASS bench_1b ($((SECONDS - start)) s)")
