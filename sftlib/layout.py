@@ -1,4 +1,5 @@
-"""What a run's output_dir holds (the seed's layout), and whether a new run may write into it.
+"""What a run's output_dir holds (its layout: the adapter in lora_weights/, the merged model, tokenizer and
+run_info.json beside it, checkpoint-N folders), and whether a new run may write into it.
 
 Read without importing any ML library, so a launcher can check the folder before it forks workers.
 """

@@ -1,4 +1,4 @@
-"""A step as passes: the step's examples, laid out as one padding-free row, split into passes of whole examples.
+"""A step as passes: the step's examples, packed into one padding-free row, split into passes of whole examples.
 
 TRL's padding-free collator (`SFTConfig(padding_free=True)`) lays a step's examples out as one row
 [1, T], position_ids restarting at 0 for every example and the sequence boundaries in

@@ -11,7 +11,7 @@ step that applies them.
   whole examples), the pass size `pass_tokens` (set, timed on the first steps, or a default) and
   activation checkpointing, from memory measured after `apply`.
 
-The fast path: one micro-batch per optimizer step, laid out by TRL's padding-free collator and run
+The fast path: one micro-batch per optimizer step, packed into one row by TRL's padding-free collator and run
 as passes of whole examples (`sftlib.passes`, `sftlib.trainer`): the same examples per optimizer step
 as plain batching, so the same loss and gradients up to float rounding. Where it does not apply (TRL's
 packing, DeepSpeed, FSDP, remote model code) TRL's batches run unchanged, and the log and
@@ -303,7 +303,7 @@ def sft_fields(plan: Plan, cfg) -> dict[str, Any]:
     """The SFTConfig fields the plan decides."""
     fields: dict[str, Any] = {}
     if plan.setup.used:
-        # TRL's padding-free collator lays out each micro-batch as one row. Its max_length check is off
+        # TRL's padding-free collator packs each micro-batch into one row. Its max_length check is off
         # because sftlib's prepared examples are already cut at model.max_seq_length.
         fields.update(padding_free=True, max_length=None)
     if plan.split == "passes":

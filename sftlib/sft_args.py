@@ -16,7 +16,7 @@ from sftlib.errors import SftlibError
 def sft_config(cfg: RunConfig, **overrides: Any):
     """trl.SFTConfig from `training`, with the fields sftlib owns filled in.
 
-    `overrides` are fields decided elsewhere (the training plan's batch layout, precision and
+    `overrides` are fields decided elsewhere (the training plan's batch size and accumulation, precision and
     activation checkpointing where the config leaves them null; the bench's step counts).
     """
     import torch
