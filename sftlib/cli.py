@@ -278,10 +278,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _output_dir(args) -> Path | None:
-    """The command's training.output_dir, read from its config without validating it (None: none)."""
+    """Where the command writes its run: training.output_dir (train, merge), read from the config without
+    validating it, or --out (pipeline, demo); None for the commands that write no run."""
     from sftlib.config import output_dir_of
 
-    if getattr(args, "overrides", None) is None:
+    if args.command in ("pipeline", "demo"):
+        return Path(args.out)
+    if args.command not in ("train", "merge"):
         return None
     try:
         return output_dir_of(args.config, args.overrides)

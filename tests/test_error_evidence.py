@@ -52,3 +52,19 @@ def test_debug_raises_the_error_itself(tmp_path):
     with pytest.raises(ValueError, match="expected 4 dims"):
         cli.report(fail_deep_inside, debug=True, output_dir=lambda: tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_only_commands_that_write_a_run_keep_the_traceback_in_it(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"model: {{path: x}}\ndataset: {{name: y}}\ntraining: {{output_dir: {tmp_path / 'out'}}}\n"
+    )
+    parse = cli.build_parser().parse_args
+    assert cli._output_dir(parse(["train", "--config", str(config)])) == tmp_path / "out"
+    assert cli._output_dir(parse(["merge", "--config", str(config)])) == tmp_path / "out"
+    assert cli._output_dir(parse(["check", "--config", str(config)])) is None  # a temporary file
+    assert (
+        cli._output_dir(parse(["pipeline", "--config", str(config), "--out", str(tmp_path / "p")]))
+        == tmp_path / "p"
+    )
+    assert cli._output_dir(parse(["train", "--config", str(tmp_path / "missing.yaml")])) is None
