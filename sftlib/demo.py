@@ -247,6 +247,13 @@ def demo_report(summary: dict, out: Path, model_dir: Path) -> str:
     base, tuned = summary.get("base"), summary.get("tuned")
     if base is None or tuned is None:
         lines.append("no held-out split in the config: nothing was scored.")
+    elif "call_exact" in base:  # the tool loop (sftlib.tool_loop.score)
+        lines.append(
+            f"tool loop on {summary['eval_examples']} held-out prompts, base -> tuned: exact call "
+            f"{base['call_exact']:.1%} -> {tuned['call_exact']:.1%}, final answer {base['answer_exact']:.1%} -> "
+            f"{tuned['answer_exact']:.1%}, no call where none is needed {base['no_tool_correct']:.1%} -> "
+            f"{tuned['no_tool_correct']:.1%}"
+        )
     else:
         lines.append(
             f"exact match on {summary['eval_examples']} held-out prompts: "

@@ -70,6 +70,22 @@ class Transcript:
     def called(self) -> bool:
         return bool(self.calls) or self.error is not None
 
+    def shown(self) -> str:
+        """One line: each call and its result, then the answer ("weekday({...}) -> Friday -> Friday")."""
+        if self.error is not None:
+            return f"malformed call: {self.error}"
+        steps = [
+            f"{c['function']['name']}({json.dumps(c['function']['arguments'])}) -> {r}"
+            for c, r in zip(self.calls, self.results, strict=True)
+        ]
+        return " -> ".join([*steps, self.answer]) if steps else f"(no call) {self.answer}"
+
+
+def expected(call: dict | None, answer: str, tools: dict[str, Callable]) -> Transcript:
+    """The transcript a perfect model writes: the expected call, the tool's result, the answer."""
+    calls = [call] if call else []
+    return Transcript(first="", calls=calls, results=[run_call(c, tools) for c in calls], answer=answer)
+
 
 def run_loop(
     model,
@@ -139,29 +155,6 @@ def score(
         "tool_prompts": len(tool),
         "no_tool_prompts": len(plain),
     }
-
-
-def transcript_rows(prompts, base: list[Transcript], tuned: list[Transcript], n: int) -> list[dict]:
-    """Side by side for a table: the question, then each model's call, the tool's result, its answer."""
-
-    def shown(t: Transcript) -> dict:
-        call = t.error and f"malformed: {t.error}"
-        call = call or "; ".join(
-            f"{c['function']['name']}({json.dumps(c['function']['arguments'])})" for c in t.calls
-        )
-        return {"call": call or "(none)", "result": "; ".join(t.results) or "", "answer": t.answer}
-
-    rows = []
-    for prompt, b, t in list(zip(prompts, base, tuned, strict=True))[:n]:
-        question = prompt[-1]["content"] if prompt else ""
-        rows.append(
-            {
-                "prompt": question,
-                **{f"base_{k}": v for k, v in shown(b).items()},
-                **{f"tuned_{k}": v for k, v in shown(t).items()},
-            }
-        )
-    return rows
 
 
 @dataclasses.dataclass

@@ -68,14 +68,9 @@ def test_score_counts_exact_calls_answers_and_tool_free_answers():
         "tool_prompts": 3,
         "no_tool_prompts": 2,
     }
-    rows = tool_loop.transcript_rows(
-        [[{"role": "user", "content": "q"}]] * 2, [malformed, good], [good, plain], 2
-    )
-    assert (
-        rows[0]["base_call"] == "malformed: not JSON"
-        and rows[0]["tuned_call"] == 'weekday({"date": "2021-03-05"})'
-    )
-    assert rows[1]["tuned_call"] == "(none)" and rows[1]["base_result"] == "Friday"
+    assert good.shown() == 'weekday({"date": "2021-03-05"}) -> Friday -> Friday'
+    assert malformed.shown() == "malformed call: not JSON" and plain.shown() == "(no call) 2021-03-05"
+    assert tool_loop.expected(CALL, "Friday", tool_lesson.TOOLS).shown() == good.shown()
 
 
 def test_committed_tool_lesson_files_are_what_the_generator_writes(tmp_path):
@@ -125,3 +120,10 @@ def test_the_tool_lesson_trains_the_call_and_the_answer_not_the_schema_or_the_re
         [i for i, label in zip(row["input_ids"], row["labels"], strict=True) if label == -100]
     )
     assert "<tools>" in untrained and "<tool_response>" in untrained and tool_lesson.SYSTEM in untrained
+
+
+def test_the_demo_report_shows_the_tool_loop_scores(tmp_path):
+    score = {"call_exact": 0.0, "answer_exact": 0.0, "no_tool_correct": 1.0}
+    tuned = {"call_exact": 0.9375, "answer_exact": 0.9375, "no_tool_correct": 1.0}
+    report = demo.demo_report({"base": score, "tuned": tuned, "eval_examples": 64}, tmp_path, tmp_path / "m")
+    assert "tool loop on 64 held-out prompts, base -> tuned: exact call 0.0% -> 93.8%" in report
