@@ -412,6 +412,26 @@ def is_chat(example: dict) -> bool:
     return "messages" in example or isinstance(example.get("prompt"), list)
 
 
+CARRIED = ("tools", "tool_calls", "tool_results", "reasoning")
+
+
+def carried(example: dict) -> list[str]:
+    """Which of CARRIED a normalized example holds: a `tools` list, an assistant turn with tool
+    calls, a tool result (a tool/ipython/function turn), an assistant turn's reasoning field."""
+    turns = [t for key in ("messages", "prompt", "completion") for t in _turns(example.get(key))]
+    found = {
+        "tools": bool(example.get("tools")),
+        "tool_calls": any(t.get("tool_calls") for t in turns),
+        "tool_results": any(t.get("role") in chat.TOOL_ROLES for t in turns),
+        "reasoning": any(t.get("role") == chat.TRAINED_ROLE and chat.reasoning(t) for t in turns),
+    }
+    return [kind for kind in CARRIED if found[kind]]
+
+
+def _turns(value: Any) -> list[dict]:
+    return [t for t in value if isinstance(t, dict)] if isinstance(value, list) else []
+
+
 # --------------------------------------------------------------------------- rows that can't be trained
 
 ROLES = chat.ROLES

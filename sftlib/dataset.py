@@ -47,6 +47,7 @@ TOKENIZED = Features(
         "trailing_trimmed": Value("int64"),
         "drop_reason": Value("string"),
         "drop_detail": Value("string"),
+        "carries": List(Value("string")),  # which of data.CARRIED the source row holds
     }
 )
 BOOKKEEPING = (
@@ -57,6 +58,7 @@ BOOKKEEPING = (
     "trailing_trimmed",
     "drop_reason",
     "drop_detail",
+    "carries",
 )
 
 
@@ -210,7 +212,12 @@ def _prepare_rows(
 def _prepare_row(
     example: dict, tokenizer, stop_ids, train_on: str, max_length: int, template_kwargs: dict | None = None
 ) -> list[dict]:
-    base = {"index": example["index"], "leading_trimmed": 0, "trailing_trimmed": 0}
+    base = {
+        "index": example["index"],
+        "leading_trimmed": 0,
+        "trailing_trimmed": 0,
+        "carries": data.carried(example),
+    }
     try:
         examples, conversation = masking.tokenize_example(
             example, tokenizer, stop_ids, train_on, template_kwargs
@@ -292,8 +299,10 @@ def split_report(tokenized: Dataset) -> dict:
             "boundary_merged",
             "leading_trimmed",
             "trailing_trimmed",
+            "carries",
         ]
     ).to_dict()
+    carries = dict(zip(cols["index"], cols["carries"], strict=True))  # the same on each record of a row
     kept = [r is None for r in cols["drop_reason"]]
     dropped, first = Counter(), {}
     for index, reason, detail in zip(cols["index"], cols["drop_reason"], cols["drop_detail"], strict=True):
@@ -332,6 +341,7 @@ def split_report(tokenized: Dataset) -> dict:
         "boundary_merged": sum(cols["boundary_merged"]),
         "tokens": sum(tokens),
         "max_tokens": max(tokens, default=0),
+        "rows_with": {kind: sum(kind in c for c in carries.values()) for kind in data.CARRIED},
     }
 
 
@@ -386,6 +396,7 @@ def merge_reports(reports: list[dict]) -> dict:
         "expanded_by": by_reason,
         "expansion_extra_tokens_pct": _with_pct(total)["extra_tokens_pct"],
         "max_tokens": max(r["max_tokens"] for r in reports),
+        "rows_with": {key: sum(r["rows_with"][key] for r in reports) for key in data.CARRIED},
     }
 
 
@@ -491,3 +502,22 @@ def check_invariants(ds: Dataset, tokenizer) -> dict:
         "trained_tokens": trained,
         "trained_fraction": fractions,
     }
+
+
+def source_rows(cfg: RunConfig, split: str = "train"):
+    """For views: a lookup from a prepared example of `split` to the normalized row it came from (its
+    messages with every key, its tools), by the example's source and index; None for a row not there.
+    The sources are loaded and normalized as `prepare` does (datasets' cache answers)."""
+    norms = []
+    for src in cfg.sources:
+        raw = data.load_raw(src, seed=cfg.seed)
+        fmt = data.resolve_format(raw["train"], src.format)[0]
+        norms.append(data.normalize(raw[split], fmt, cfg.dataset_num_proc) if split in raw else None)
+    positions = [{i: k for k, i in enumerate(n["index"])} if n is not None else {} for n in norms]
+
+    def lookup(example: dict) -> dict | None:
+        source = example.get("source", 0)
+        position = positions[source].get(example["index"])
+        return None if position is None else norms[source][position]
+
+    return lookup

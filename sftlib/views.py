@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset
 
+from sftlib import chat_view
 from sftlib.masking import IGNORE, trained_runs
 
 
@@ -61,6 +62,7 @@ def format_report(prepared, cfg, tokenizer) -> str:
                 )
     for split, rep in prepared.report.items():
         lines.append(f"{split}: {dataset.summary_line(rep)}")
+        lines.append(f"{split} rows with {carried_line(rep)}")
         lines += [f"  warning: {w}" for w in dataset.warnings(split, rep)]
     for split, part in (("train", prepared.train), ("eval", prepared.eval)):
         if part is not None and len(part):
@@ -71,6 +73,21 @@ def format_report(prepared, cfg, tokenizer) -> str:
         lines.append(f"example (row {row['index']}), trained tokens in [[ ]]:")
         lines.append(render_view(token_view(row["input_ids"], row["labels"], tokenizer)))
     return "\n".join(lines)
+
+
+def carried_line(rep: dict) -> str:
+    """How many rows carry tool schemas, tool calls, tool results and reasoning (dataset.split_report)."""
+    return ", ".join(f"{key.replace('_', ' ')}: {n}" for key, n in rep["rows_with"].items())
+
+
+def split_rows(report: dict) -> list[dict]:
+    """Per split: rows, kept, examples and tokens, and how many rows carry each agentic part."""
+    keys = ("rows", "kept", "examples", "tokens", "max_tokens")
+    return [
+        {"split": split, **{k: rep[k] for k in keys}}
+        | {f"with {key.replace('_', ' ')}": n for key, n in rep["rows_with"].items()}
+        for split, rep in report.items()
+    ]
 
 
 def length_lines(split: str, ds: Dataset) -> list[str]:
@@ -168,16 +185,25 @@ def example_title(row: dict) -> str:
     return f"row {row['index']}{turn}: {row['num_trained_tokens']} of {row['num_tokens']} tokens trained{truncated}"
 
 
-def example_html(row: dict, tokenizer) -> str:
-    """One prepared example: its source row, counts, and its tokens coloured by what the loss covers."""
+def example_html(row: dict, tokenizer, source=None) -> str:
+    """One prepared example: its source row, counts, and its tokens coloured by what the loss covers.
+
+    `source` (dataset.source_rows) finds the normalized row it came from: its messages are shown
+    above the tokens, with tool schemas, tool calls, tool results and reasoning labelled apart.
+    """
     states = token_states(row["input_ids"], row["labels"], tokenizer)
-    return f"<div><b>{html.escape(example_title(row))}</b>{tokens_html(states)}</div>"
+    messages = chat_view.conversation_html(source(row) or {}) if source is not None else ""
+    return f"<div><b>{html.escape(example_title(row))}</b>{messages}{tokens_html(states)}</div>"
 
 
-def masking_view_html(ds, tokenizer, n: int) -> str:
-    """The first `n` examples of a prepared split, under one legend."""
+def _legends(source) -> str:
+    return legend_html() + (chat_view.parts_legend() if source is not None else "")
+
+
+def masking_view_html(ds, tokenizer, n: int, source=None) -> str:
+    """The first `n` examples of a prepared split, under one legend (with `source`, their messages too)."""
     rows = ds.select(range(min(n, len(ds))))
-    return legend_html() + "".join(example_html(row, tokenizer) for row in rows)
+    return _legends(source) + "".join(example_html(row, tokenizer, source) for row in rows)
 
 
 # --------------------------------------------------------------------------- HTML: tables
@@ -286,7 +312,7 @@ def before_after_html(rows: list[dict]) -> str:
 # --------------------------------------------------------------------------- the example browser
 
 
-def example_browser(ds, tokenizer):
+def example_browser(ds, tokenizer, source=None):
     """A widget over the examples of a prepared split: a full-width slider, previous/next buttons, and the
     example's tokens coloured as in notebook 02."""
     import ipywidgets as widgets
@@ -302,10 +328,10 @@ def example_browser(ds, tokenizer):
         style={"description_width": "initial"},
     )
     previous, following = widgets.Button(description="◀ previous"), widgets.Button(description="next ▶")
-    view = widgets.HTML(legend_html() + example_html(ds[0], tokenizer))
+    view = widgets.HTML(_legends(source) + example_html(ds[0], tokenizer, source))
 
     def show(change):
-        view.value = legend_html() + example_html(ds[change["new"]], tokenizer)
+        view.value = _legends(source) + example_html(ds[change["new"]], tokenizer, source)
 
     slider.observe(show, names="value")
     previous.on_click(lambda _: setattr(slider, "value", max(slider.value - 1, 0)))
@@ -315,7 +341,7 @@ def example_browser(ds, tokenizer):
     )
 
 
-def browse(ds, tokenizer, n_static: int = 3):
+def browse(ds, tokenizer, n_static: int = 3, source=None):
     """The example browser when a person is at the notebook; under the pipeline (no one to move a slider,
     and widgets don't render in exported HTML) the first `n_static` examples as static HTML."""
     from IPython.display import HTML
@@ -323,11 +349,11 @@ def browse(ds, tokenizer, n_static: int = 3):
     from sftlib.notebook import is_headless
 
     if not is_headless():
-        return example_browser(ds, tokenizer)
-    return HTML(masking_view_html(ds, tokenizer, n_static))
+        return example_browser(ds, tokenizer, source)
+    return HTML(masking_view_html(ds, tokenizer, n_static, source))
 
 
-def turn_by_turn_html(ds, tokenizer) -> str:
+def turn_by_turn_html(ds, tokenizer, source=None) -> str:
     """The first multi-turn conversation of a prepared split, example by example: an expanded conversation
     (one example per assistant turn, each with its history as the model sees it at inference), or one
     example training several turns. Empty when every example trains one turn of its own conversation."""
@@ -342,7 +368,7 @@ def turn_by_turn_html(ds, tokenizer) -> str:
     if pick is None:
         return ""
     rows = [k for k, index in enumerate(indices) if index == indices[pick]]
-    return legend_html() + "".join(example_html(ds[k], tokenizer) for k in rows)
+    return _legends(source) + "".join(example_html(ds[k], tokenizer, source) for k in rows)
 
 
 def gate_rows(report: dict, max_dropped_fraction: float) -> list[dict]:

@@ -71,3 +71,93 @@ def test_example_browser_is_a_live_widget_whose_buttons_and_slider_change_the_ex
 def test_browse_is_static_under_the_pipeline(prepared, tokenizer, monkeypatch):
     monkeypatch.setenv(notebook.HEADLESS_ENV, "1")
     assert "Legend" in views.browse(prepared.train, tokenizer, 1).data
+
+
+WEEKDAY = {"type": "function", "function": {"name": "weekday", "parameters": {"type": "object"}}}
+
+
+def agentic_rows() -> list[dict]:
+    """3 tool-calling rows (with HTML in their text), 2 with reasoning, 1 plain chat."""
+    tool = [
+        {
+            "tools": [WEEKDAY],
+            "messages": [
+                {"role": "user", "content": f"Day of 2021-03-0{i + 1}? <script>alert(1)</script>"},
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [
+                        {
+                            "id": f"c{i}",
+                            "type": "function",
+                            "function": {"name": "weekday", "arguments": '{"date": "2021-03-01"}'},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": f"c{i}", "content": "Monday <b>"},
+                {"role": "assistant", "content": "A Monday."},
+            ],
+        }
+        for i in range(3)
+    ]
+    thought = [
+        {"messages": [{"role": "user", "content": f"{i} + 1?"},
+                      {"role": "assistant", "reasoning_content": f"{i} plus one", "content": str(i + 1)}]}
+        for i in range(2)
+    ]  # fmt: skip
+    chat = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}]
+    return tool + thought + chat
+
+
+@pytest.fixture(scope="module")
+def agentic(tmp_path_factory):
+    """The agentic rows prepared under Qwen3's template (which renders tools and reasoning)."""
+    import json
+
+    from sftlib import modeling
+
+    path = tmp_path_factory.mktemp("agentic") / "rows.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in agentic_rows()))
+    cfg = RunConfig(
+        ModelConfig(path="embedded:tiny-random-llama", chat_template="qwen3"), DatasetConfig(name=str(path))
+    )
+    tokenizer = modeling.load_tokenizer(cfg.model)
+    return cfg, tokenizer, dataset.prepare(cfg, tokenizer)
+
+
+def test_rows_carrying_tools_tool_calls_tool_results_and_reasoning_are_counted(agentic, prepared):
+    cfg, tokenizer, ready = agentic
+    counts = {"tools": 3, "tool_calls": 3, "tool_results": 3, "reasoning": 2}
+    assert ready.report["train"]["rows_with"] == counts
+    assert prepared.report["train"]["rows_with"] == dict.fromkeys(counts, 0)
+    report = views.format_report(ready, cfg, tokenizer)
+    assert "train rows with tools: 3, tool calls: 3, tool results: 3, reasoning: 2" in report
+    (row,) = views.split_rows(ready.report)
+    assert row["with tool calls"] == 3 and row["with reasoning"] == 2 and row["rows"] == 6
+
+
+def test_views_show_tool_schemas_calls_results_and_reasoning_apart_and_escaped(agentic):
+    cfg, tokenizer, ready = agentic
+    source = dataset.source_rows(cfg)
+    first = {row["index"]: row for row in ready.train}
+    tool_view = views.example_html(first[0], tokenizer, source)
+    assert '<details class="part tools"' in tool_view and "weekday" in tool_view  # collapsed schemas
+    assert (
+        'class="part tool_call"' in tool_view
+        and "weekday({&quot;date&quot;: &quot;2021-03-01&quot;})" in tool_view
+    )
+    assert 'class="part tool_result"' in tool_view and "Monday &lt;b&gt;" in tool_view
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in tool_view and "<script>" not in tool_view
+    assert "Monday <b>" not in tool_view
+    assert 'class="part reasoning"' not in tool_view
+    reasoning_view = views.example_html(first[3], tokenizer, source)
+    assert 'class="part reasoning"' in reasoning_view and "0 plus one" in reasoning_view
+    assert "tool_call" not in reasoning_view and "tool_result" not in reasoning_view
+    # The tokens are coloured as without the messages, and the page has both legends.
+    assert (
+        views.tokens_html(views.token_states(first[0]["input_ids"], first[0]["labels"], tokenizer))
+        in tool_view
+    )
+    page = views.masking_view_html(ready.train, tokenizer, 6, source)
+    assert page.count("Legend") == 1 and page.count("Messages:") == 1 and page.count("<table") == 6
+    assert views.masking_view_html(ready.train, tokenizer, 1).count("<table") == 0  # no source: tokens only
