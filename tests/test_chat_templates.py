@@ -32,6 +32,11 @@ STOPS = {
     "diffusion_gemma": ["<turn|>"],
     "gemma": ["<eos>", "<end_of_turn>"],
     "gemma3": ["<eos>", "<end_of_turn>"],
+    # Gemma 4 ends a turn with `<turn|>` and a tool call with `<|tool_response>` (TRL's gemma4 response schema).
+    **dict.fromkeys(
+        ("gemma4", "gemma4_v2", "gemma4_v3", "gemma4_v4", "gemma4_v5"),
+        ["<turn|>", "<eos>", "<|tool_response>"],
+    ),
     "glm4moe": ["<|endoftext|>", "<|user|>", "<|observation|>"],
     "gptoss": ["<|return|>", "<|endoftext|>", "<|call|>"],
     "llama3": ["<|eot_id|>", "<|end_of_text|>", "<|eom_id|>"],
@@ -87,15 +92,19 @@ CLASSES = {
 @pytest.fixture(scope="module")
 def tokenizers(tokenizer):
     """(template name, variant) -> the SmolLM2 tokenizer set up for that template, and its stop ids."""
+    return template_tokenizers(tokenizer)
+
+
+def template_tokenizers(tokenizer):
+    """A cached getter (template name, variant) -> (`tokenizer` set up for that template, stop ids)."""
     cache = {}
 
     def get(name, variant=""):
         if (name, variant) not in cache:
             tok = copy.deepcopy(tokenizer)
             stops = STOPS.get(name, CHATML_STOPS)
-            text = (TEMPLATES / f"{name}.jinja").read_text() + (
-                TEMPLATES / f"{name}_training.jinja"
-            ).read_text()
+            paths = (TEMPLATES / f"{name}.jinja", TEMPLATES / f"{name}_training.jinja")
+            text = "".join(p.read_text() for p in paths if p.is_file())  # some have no training template
             controls = sorted(set(CONTROL.findall(text)) | set(stops))
             tok.add_special_tokens(
                 {"additional_special_tokens": controls}, replace_extra_special_tokens=False
@@ -112,14 +121,17 @@ def decode(tok, ids):
     return tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
-def ours_by_turn(name, messages, tokenizers):
-    """{assistant message index: trained text}, the examples, and the cleaned conversation."""
+def ours_by_turn(name, messages, tokenizers, row=None, template_kwargs=None):
+    """{assistant message index: trained text}, the examples, and the cleaned conversation.
+
+    `row`: the row's template columns (`tools`, `chat_template_kwargs`); `template_kwargs`: the
+    configured dataset.chat_template_kwargs."""
     tok, stop_ids = tokenizers(name)
-    example = {"messages": messages, "index": 0}
-    examples, conversation = masking.tokenize_example(example, tok, stop_ids)
+    example = {"messages": messages, "index": 0, **(row or {})}
+    examples, conversation = masking.tokenize_example(example, tok, stop_ids, template_kwargs=template_kwargs)
     out = {}
     for tokens in examples:
-        masking.audit(tokens, example, tok, stop_ids)
+        masking.audit(tokens, example, tok, stop_ids, template_kwargs=template_kwargs)
         runs = masking.trained_runs(tokens.labels)
         assert len(runs) == len(tokens.turns)
         for (a, b), turn in zip(runs, tokens.turns, strict=True):
@@ -127,17 +139,19 @@ def ours_by_turn(name, messages, tokenizers):
     return out, examples, conversation
 
 
-def trl_by_turn(name, messages, tokenizers):
+def trl_by_turn(name, messages, tokenizers, context=None):
     """{assistant message index: (TRL's trained text, whether TRL missed tokens of a split character)}.
 
     transformers maps the `{% generation %}` character span to tokens character by character, so of the
     byte tokens that spell one character (an emoji) only the first is marked: a known gap, repaired here
     (and named, class `trl_misses_split_character_tokens`) so the rest of the span can be compared.
+    `context`: the row's `tools` and chat-template arguments, passed as TRL passes them.
     """
     tok, _ = tokenizers(name, "_training")
-    text = tok.apply_chat_template(messages, tokenize=False)
+    context = context or {}
+    text = tok.apply_chat_template(messages, tokenize=False, **context)
     marked = tok.apply_chat_template(
-        messages, return_assistant_tokens_mask=True, return_dict=True, tokenize=True
+        messages, return_assistant_tokens_mask=True, return_dict=True, tokenize=True, **context
     )
     offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     assert len(offsets) == len(marked["input_ids"])
@@ -193,26 +207,29 @@ def _explain(ours, text, *, stops, expanded, full, content):
     return None
 
 
-def check_against_trl(name, messages, tokenizers, stops, expected_drop=None):
+def check_against_trl(name, messages, tokenizers, stops, expected_drop=None, row=None, template_kwargs=None):
     """sftlib's labels for `messages` under template `name` equal TRL's marker masks, turn by turn, up to
     the named CLASSES; every sftlib invariant holds (masking.audit, run inside ours_by_turn). Texts are
-    compared as the tokenizer reads them (decoded after encoding: Qwen's tokenizers normalize to NFC)."""
+    compared as the tokenizer reads them (decoded after encoding: Qwen's tokenizers normalize to NFC).
+    `row` / `template_kwargs` as in ours_by_turn; TRL renders with the same tools and arguments.
+    Returns ours_by_turn's result, or None for an expected drop."""
     try:
-        ours, examples, cleaned = ours_by_turn(name, messages, tokenizers)
+        ours, examples, cleaned = ours_by_turn(name, messages, tokenizers, row, template_kwargs)
     except DropExample as drop:
         assert expected_drop == drop.reason, drop
-        return
+        return None
     assert expected_drop is None
     assert sorted(ours) == [i for i, m in enumerate(cleaned.messages) if m["role"] == "assistant"]
-    theirs = trl_by_turn(name, cleaned.messages, tokenizers)
+    context = masking.template_context(row or {}, template_kwargs)
+    theirs = trl_by_turn(name, cleaned.messages, tokenizers, context)
     tok, _ = tokenizers(name)
 
     def read(text):
         return decode(tok, tok(text, add_special_tokens=False)["input_ids"])
 
-    full = read(tok.apply_chat_template(cleaned.messages, tokenize=False))
+    full = read(tok.apply_chat_template(cleaned.messages, tokenize=False, **context))
     for turn, text in ours.items():
-        rendered = masking.generation_turn(cleaned.messages, turn, tok)
+        rendered = masking.generation_turn(cleaned.messages, turn, tok, context)
         trl_text, split_character = theirs[turn]
         found = classify(
             text,
@@ -226,6 +243,7 @@ def check_against_trl(name, messages, tokenizers, stops, expected_drop=None):
         assert found is not None, f"turn {turn}: new kind of difference: ours {text!r}, TRL {trl_text!r}"
         found |= {"trl_misses_split_character_tokens"} if split_character else set()
         assert found <= set(CLASSES)
+    return ours, examples, cleaned
 
 
 @pytest.mark.parametrize("conversation", sorted(CONVERSATIONS))
