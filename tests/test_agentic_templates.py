@@ -257,8 +257,8 @@ ORDER = ("template_error", "history_changes", "not_rendered")
 # Masking bugs, reported to the lead: what goes wrong, and the (template, conversation) rows it hits. The
 # test asserts the right behavior, so these rows fail (strict xfail) until masking is fixed.
 TOJSON_RESULTS = (
-    "the template writes a tool result with `tojson` (a quoted JSON string); check_rendered looks for the raw "
-    "content, so every tool row is dropped as not_rendered"
+    "the template writes a tool result with `tojson`, which escapes its quotes; check_rendered looks for the "
+    "result as written, so a row with a JSON result is dropped as not_rendered"
 )
 STOP_INSIDE_TURN = (
     "Muse Glimmer writes a turn as several messages, each ended by the stop token `<|eom|>` (reasoning "
