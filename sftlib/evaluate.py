@@ -75,6 +75,23 @@ class ToolLoop:
         ]
 
 
+def score_lines(scores: dict) -> list[str]:
+    """One line per model: exact match and token F1, or the tool loop's three fractions."""
+    lines = []
+    for name, s in scores.items():
+        if "call_exact" in s:
+            lines.append(
+                f"{name:>5}: exact call {s['call_exact']:6.1%}   final answer {s['answer_exact']:6.1%}   "
+                f"no call where none is needed {s['no_tool_correct']:6.1%}   "
+                f"(n={s['tool_prompts']} + {s['no_tool_prompts']})"
+            )
+        else:
+            lines.append(
+                f"{name:>5}: exact match {s['exact_match']:5.1f}%   token F1 {s['token_f1']:5.1f}%   (n={s['n']})"
+            )
+    return lines
+
+
 def load_tools(spec: str) -> dict[str, Callable]:
     """`module:NAME` -> the mapping of tool names to Python functions that NAME holds."""
     module, _, name = spec.partition(":")

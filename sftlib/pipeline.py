@@ -145,13 +145,14 @@ def resolve_parameters(paths: list[Path], given: dict[str, Any], raw: dict[str, 
 
 def check_before_running(config, overrides, per_notebook: dict[Path, dict]) -> None:
     """Check what the notebooks will need before the first kernel starts, so a run fails only on what
-    can't be known up front: the config; the tokenizer and chat template; the data, its masks and the
-    drop gate (the prepare pass, which datasets caches for the notebooks); an output_dir training may
-    write into (when a notebook declares OVERWRITE); prompts to generate for (when one declares PROMPTS).
-    Keyed by the parameters the notebooks declare, so the pipeline still names no notebook."""
+        can't be known up front: the config; the tokenizer and chat template; the data, its masks and the
+        drop gate (the prepare pass, which datasets caches for the notebooks); an output_dir training may
+        write into (when a notebook declares OVERWRITE); prompts to generate for, or tool chats and the tools
+    to run them with (when one declares PROMPTS, and TOOLS).
+        Keyed by the parameters the notebooks declare, so the pipeline still names no notebook."""
     import ast
 
-    from sftlib import dataset, generate, layout, modeling
+    from sftlib import dataset, evaluate, layout, modeling
     from sftlib.config import load_config
 
     cfg = load_config(config, list(overrides))
@@ -163,7 +164,7 @@ def check_before_running(config, overrides, per_notebook: dict[Path, dict]) -> N
     if "OVERWRITE" in values:
         layout.check_output_dir(cfg.output_dir, resume=False, overwrite=bool(values["OVERWRITE"]))
     if "PROMPTS" in values:
-        generate.prompts_for(cfg, 1, values["PROMPTS"] or None)
+        evaluate.for_notebook(cfg, 1, values["PROMPTS"] or None, values.get("TOOLS") or "")
 
 
 def run_pipeline(

@@ -11,7 +11,7 @@ the date normalized to YYYY-MM-DD (lesson 1's skill), and to answer with the too
 A quarter of the rows ask lesson 1's question ("Write this date as YYYY-MM-DD: ...") instead, which
 needs no tool: the tuned model must answer those without calling one. Every row carries the tool's
 schema in a `tools` column (the OpenAI shape), so the template writes it into the system prompt.
-Dates come from the dates lesson (sftlib.demo), so held-out dates never occur in training.
+Dates come from the dates task (sftlib.date_task), so held-out dates never occur in training.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from sftlib import demo
+from sftlib import date_task
 
 DATA_DIR = Path("configs/data") / "weekday_tools"
 N_TRAIN = 600
@@ -40,7 +40,7 @@ TOOL_SCHEMAS = [
     }
 ]
 # The weekday style names the answer itself; every other style makes the date the model's to normalize.
-QUESTION_STYLES = [s for s in demo.STYLES if s != "weekday_month_day_year"]
+QUESTION_STYLES = [s for s in date_task.STYLES if s != "weekday_month_day_year"]
 
 
 def weekday(date: str) -> str:
@@ -65,7 +65,7 @@ def make_tool_row(d: dt.date, style: str, call_id: str) -> dict:
         "tools": TOOL_SCHEMAS,
         "messages": [
             {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": f"What day of the week was {demo.STYLES[style](d)}?"},
+            {"role": "user", "content": f"What day of the week was {date_task.STYLES[style](d)}?"},
             {"role": "assistant", "content": "", "tool_calls": [call]},
             {"role": "tool", "tool_call_id": call_id, "content": weekday(d.isoformat())},
             {"role": "assistant", "content": weekday(d.isoformat())},
@@ -75,13 +75,15 @@ def make_tool_row(d: dt.date, style: str, call_id: str) -> dict:
 
 def make_plain_row(d: dt.date, style: str) -> dict:
     """Lesson 1's question, with the tool on offer: answered directly, no call."""
-    row = demo.make_row(d, style)
+    row = date_task.make_row(d, style)
     return {"tools": TOOL_SCHEMAS, "messages": [{"role": "system", "content": SYSTEM}, *row["messages"]]}
 
 
-def build_tool_rows(n_train: int = N_TRAIN, n_eval: int = N_EVAL, seed: int = demo.SEED) -> tuple[list, list]:
+def build_tool_rows(
+    n_train: int = N_TRAIN, n_eval: int = N_EVAL, seed: int = date_task.SEED
+) -> tuple[list, list]:
     """(train_rows, test_rows): the dates lesson's disjoint dates; every fourth row needs no tool."""
-    dated, held_out = demo.build_demo_rows(n_train, n_eval, seed)
+    dated, held_out = date_task.build_demo_rows(n_train, n_eval, seed)
     rows = []
     for i, row in enumerate(dated + held_out):
         d = dt.date.fromisoformat(row["messages"][1]["content"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sftlib import demo, pipeline, shipped
+from sftlib import date_task, demo, pipeline, shipped
 from sftlib.errors import SftlibError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,13 +15,13 @@ COMMITTED = ROOT / demo.DATA_DIR
 
 
 def test_build_demo_rows_is_deterministic_for_a_seed():
-    assert demo.build_demo_rows(50, 10, seed=3) == demo.build_demo_rows(50, 10, seed=3)
-    assert demo.build_demo_rows(50, 10, seed=3) != demo.build_demo_rows(50, 10, seed=4)
+    assert date_task.build_demo_rows(50, 10, seed=3) == date_task.build_demo_rows(50, 10, seed=3)
+    assert date_task.build_demo_rows(50, 10, seed=3) != date_task.build_demo_rows(50, 10, seed=4)
 
 
 def test_test_split_never_shares_a_date_or_prompt_with_train():
-    train, test = demo.build_demo_rows()
-    assert len(train) == demo.N_TRAIN and len(test) == demo.N_EVAL >= 50
+    train, test = date_task.build_demo_rows()
+    assert len(train) == date_task.N_TRAIN and len(test) == date_task.N_EVAL >= 50
     train_answers = {r["messages"][1]["content"] for r in train}
     train_prompts = {r["messages"][0]["content"] for r in train}
     assert not train_answers & {r["messages"][1]["content"] for r in test}
@@ -29,21 +29,21 @@ def test_test_split_never_shares_a_date_or_prompt_with_train():
 
 
 def test_rows_are_user_then_assistant_with_an_iso_answer():
-    train, test = demo.build_demo_rows(200, 64)
+    train, test = date_task.build_demo_rows(200, 64)
     for row in train + test:
         user, assistant = row["messages"]
         assert (user["role"], assistant["role"]) == ("user", "assistant")
-        assert user["content"].startswith(demo.INSTRUCTION)
+        assert user["content"].startswith(date_task.INSTRUCTION)
         assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", assistant["content"])
         dt.date.fromisoformat(assistant["content"])
 
 
 def test_every_style_appears_in_the_test_split():
-    _, test = demo.build_demo_rows()
+    _, test = date_task.build_demo_rows()
     prompts = [r["messages"][0]["content"] for r in test]
     assert any("(US)" in p for p in prompts) and any("(UK)" in p for p in prompts)
     assert any(p.split(": ", 1)[1].startswith("the ") for p in prompts)
-    assert len(test) >= len(demo.STYLES)
+    assert len(test) >= len(date_task.STYLES)
 
 
 @pytest.mark.parametrize(
@@ -59,8 +59,8 @@ def test_every_style_appears_in_the_test_split():
     ],
 )
 def test_make_row_writes_the_date_in_its_style(style, expected):
-    row = demo.make_row(dt.date(2021, 3, 5), style)
-    assert row["messages"][0]["content"] == f"{demo.INSTRUCTION} {expected}"
+    row = date_task.make_row(dt.date(2021, 3, 5), style)
+    assert row["messages"][0]["content"] == f"{date_task.INSTRUCTION} {expected}"
     assert row["messages"][1]["content"] == "2021-03-05"
 
 
@@ -69,7 +69,7 @@ def test_make_row_writes_the_date_in_its_style(style, expected):
     [(1, "1st"), (2, "2nd"), (3, "3rd"), (11, "11th"), (12, "12th"), (22, "22nd"), (31, "31st")],
 )
 def test_ordinal_suffix(day, text):
-    assert demo.ordinal_suffix(day) == text
+    assert date_task.ordinal_suffix(day) == text
 
 
 def test_committed_files_are_what_the_generator_writes(tmp_path):
@@ -83,7 +83,7 @@ def test_committed_files_are_what_the_generator_writes(tmp_path):
 
 def test_too_many_rows_is_a_clear_error():
     with pytest.raises(SftlibError, match="distinct dates"):
-        demo.build_demo_rows(10**6, 1)
+        date_task.build_demo_rows(10**6, 1)
 
 
 # --------------------------------------------------------------------------- the run (no notebooks)
@@ -142,20 +142,20 @@ def test_demo_report_names_what_was_made_and_the_scores(tmp_path):
 
 
 def test_committed_chat_lesson_files_are_what_the_generator_writes(tmp_path):
-    paths = demo.write_demo_dataset(tmp_path, n_train=demo.N_CHAT_TRAIN, lesson="chat")
+    paths = demo.write_demo_dataset(tmp_path, n_train=date_task.N_CHAT_TRAIN, lesson="chat")
     for split in ("train", "test"):
         committed = Path(demo.CHAT_DATA_DIR) / f"{split}.jsonl"
         assert paths[split].read_bytes() == (ROOT / committed).read_bytes(), f"{committed} is stale"
 
 
 def test_chat_lesson_turn_two_is_answered_by_turn_one_only():
-    train, test = demo.build_chat_rows(30, 9)
+    train, test = date_task.build_chat_rows(30, 9)
     for row in train + test:
         user, first, follow_up, second = row["messages"]
         answer = first["content"].rsplit("\n", 1)[-1]  # the ISO date after the reasoning block
         assert first["content"].startswith("<think>\n") and "</think>\n\n" in first["content"]
         year, month, day = answer.split("-")
-        assert second["content"] in (f"{day}/{month}/{year}", year, demo.MONTHS[int(month) - 1])
-    assert {row["messages"][2]["content"] for row in test} == set(demo.FOLLOW_UPS)
+        assert second["content"] in (f"{day}/{month}/{year}", year, date_task.MONTHS[int(month) - 1])
+    assert {row["messages"][2]["content"] for row in test} == set(date_task.FOLLOW_UPS)
     held_out = {row["messages"][1]["content"] for row in test}
     assert not held_out & {row["messages"][1]["content"] for row in train}

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from sftlib import demo, masking, tool_lesson, tool_loop
+from sftlib import date_task, demo, masking, tool_lesson, tool_loop
 from sftlib.config import load_config
 from sftlib.tool_loop import Transcript
 
@@ -85,7 +85,7 @@ def test_tool_lesson_rows_call_the_tool_on_held_out_dates_and_a_quarter_need_non
     for row in train + test:
         roles = [m["role"] for m in row["messages"]]
         if roles == ["system", "user", "assistant"]:
-            assert row["messages"][1]["content"].startswith(demo.INSTRUCTION)
+            assert row["messages"][1]["content"].startswith(date_task.INSTRUCTION)
             continue
         assert roles == ["system", "user", "assistant", "tool", "assistant"]
         (call,) = row["messages"][2]["tool_calls"]
