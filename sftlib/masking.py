@@ -36,6 +36,7 @@ text follow TRL exactly. A row that can't be masked raises `DropExample(reason, 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 from sftlib import chat, data
@@ -159,8 +160,11 @@ def prompt_ids(tokenizer, text: str) -> tuple[int, ...]:
     return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def generation_turn(messages: list[dict], i: int, tokenizer, context: dict | None = None) -> Turn:
-    """Q for assistant turn `i`, and where the model's generation starts in it (see module docstring)."""
+def generation_turn(
+    messages: list[dict], i: int, tokenizer, context: dict | None = None, stops: tuple[str, ...] = ()
+) -> Turn:
+    """Q for assistant turn `i`, and where the model's generation starts in it (see module docstring);
+    `stops`: the stop tokens' texts, for the check that every field of the turn is generated."""
     prompt = render(tokenizer, messages[:i], True, context)
     answered = render(tokenizer, messages[: i + 1], False, context)
     answer = chat.answer(messages[i].get("content") or "")
@@ -174,30 +178,43 @@ def generation_turn(messages: list[dict], i: int, tokenizer, context: dict | Non
                 "history_changes",
                 f"assistant turn {i}: the conversation renders differently before its generation prompt once "
                 f"the turn is answered; with the prompt: {_around(prompt, start)}; answered: "
-                f"{_around(answered, start)}. Fix: set dataset.train_on: last_assistant, or choose another "
-                "template (model.chat_template).",
+                f"{_around(answered, start)}. Fix: choose another template (model.chat_template); or, when "
+                "this is not the conversation's last assistant turn, train only that one (dataset.train_on: "
+                "last_assistant).",
             )
     turn = Turn(i, answered, start, prompt_ids(tokenizer, answered[:start]), answer)
-    check_rendered(messages, turn, prompt, context)
+    check_rendered(messages, turn, prompt, context, stops)
     return turn
 
 
-def check_rendered(messages: list[dict], turn: Turn, prompt: str, context: dict | None) -> None:
+def check_rendered(
+    messages: list[dict], turn: Turn, prompt: str, context: dict | None, stops: tuple[str, ...] = ()
+) -> None:
     """Drop the row (`not_rendered`) when the template leaves out a field of this turn or its prompt:
-    reasoning or tool calls of the trained turn, tool results before it, or the tool schemas. A
-    field the template drops is never trained as if the row did not have it."""
+    the answer, reasoning or tool calls of the trained turn (looked for in what the model generates,
+    up to the first of `stops`: what comes after a stop token is never generated, so never trained),
+    the tool results before it, or the tool schemas. A field the template drops is never trained as
+    if the row did not have it."""
     message, generated = messages[turn.message], turn.text[turn.start :]
+    ends = [generated.find(s) + len(s) for s in stops if s and s in generated]
+    generated = generated[: min(ends)] if ends else generated
     missing = []
     found = chat.reasoning(message)
     if found and found[1].strip() not in generated:
         missing.append(f"{found[0]} of assistant turn {turn.message}")
-    for call in message.get("tool_calls") or []:
-        function = call["function"]
-        if function["name"] not in generated or any(str(k) not in generated for k in function["arguments"]):
-            missing.append(f"tool call {function['name']!r} of assistant turn {turn.message}")
+    if turn.answer and turn.answer not in generated:
+        missing.append(f"the content of assistant turn {turn.message}")
+    calls = message.get("tool_calls") or []
+    for call in calls:
+        name, arguments = call["function"]["name"], call["function"]["arguments"]
+        same = sum(c["function"]["name"] == name for c in calls)
+        if generated.count(name) < same or not all(
+            _shown(k, generated) and _shown(v, generated) for k, v in arguments.items()
+        ):
+            missing.append(f"tool call {name!r} of assistant turn {turn.message}")
             break
     for k, m in enumerate(messages[: turn.message]):
-        if m["role"] in chat.TOOL_ROLES and (m.get("content") or "").strip() not in prompt:
+        if m["role"] in chat.TOOL_ROLES and not _shown((m.get("content") or "").strip(), prompt):
             missing.append(f"the {m['role']} result in message {k}")
             break
     tools = (context or {}).get("tools")
@@ -213,6 +230,18 @@ def check_rendered(messages: list[dict], turn: Turn, prompt: str, context: dict 
         )
 
 
+def _shown(value, text: str) -> bool:
+    """Whether a scalar `value` appears in `text` as written or as JSON (a template's `tojson` escapes
+    quotes in a string); containers are checked through their parts by the caller, not here."""
+    if isinstance(value, (dict, list)):
+        return True
+    if not isinstance(value, str):
+        return json.dumps(value) in text or str(value) in text
+    return any(
+        form in text for form in (value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1])
+    )
+
+
 def chat_tokens(
     messages,
     turns: list[int],
@@ -223,7 +252,8 @@ def chat_tokens(
 ) -> list[Tokens]:
     if not getattr(tokenizer, "is_fast", False):
         raise SftlibError("masking conversations needs a fast tokenizer (for character offsets).")
-    rendered = [generation_turn(messages, i, tokenizer, context) for i in turns]
+    stops = tuple(tokenizer.convert_ids_to_tokens(sorted(stop_ids)))
+    rendered = [generation_turn(messages, i, tokenizer, context, stops) for i in turns]
     # Q of a conversation's final turn is the whole conversation: no need to render it again.
     full = (
         rendered[-1].text if turns[-1] == len(messages) - 1 else render(tokenizer, messages, False, context)

@@ -238,10 +238,18 @@ EXPECTED_DROPS = {
         "tool calls are left out when a turn has content",
     ),
     ("lfm2", "tools"): (*NOT_RENDERED_TOOLS, "LFM2's first template never reads `tool_calls`"),
-    ("gptoss", "parallel_calls"): (
+    ("gptoss", "parallel_calls"): (*NOT_RENDERED_TOOLS, "gpt-oss renders a turn's first call"),
+    # Muse Glimmer writes a turn as several messages, each ended by the stop token `<|eom|>` (reasoning
+    # `to=self`, one message per call): generation stops at the first, so nothing after it is generated.
+    ("muse_glimmer", "parallel_calls"): (*NOT_RENDERED_TOOLS, "each call is a message ended by <|eom|>"),
+    ("muse_glimmer", "reasoning"): (  # what follows the reasoning: the answer, or an earlier turn's call
         "not_rendered",
-        "tool call 'get_time'",
-        "gpt-oss renders a turn's first call",
+        r"(the content|tool call 'get_\w+') of assistant turn",
+        "reasoning is a message ended by <|eom|>",
+    ),
+    ("muse_glimmer", "reasoning_with_tool_calls"): (
+        *NOT_RENDERED_TOOLS,
+        "reasoning is a message ended by <|eom|>",
     ),
     **{(t, "reasoning"): (*NOT_RENDERED_REASONING, "no reasoning field") for t in NO_REASONING},
     **{
@@ -254,38 +262,9 @@ EXPECTED_DROPS = {
     ),
 }
 ORDER = ("template_error", "history_changes", "not_rendered")
-# Masking bugs, reported to the lead: what goes wrong, and the (template, conversation) rows it hits. The
-# test asserts the right behavior, so these rows fail (strict xfail) until masking is fixed.
-TOJSON_RESULTS = (
-    "the template writes a tool result with `tojson`, which escapes its quotes; check_rendered looks for the "
-    "result as written, so a row with a JSON result is dropped as not_rendered"
-)
-STOP_INSIDE_TURN = (
-    "Muse Glimmer writes a turn as several messages, each ended by the stop token `<|eom|>` (reasoning "
-    "`to=self`, one message per tool call); training stops at the first one, while check_rendered looks at "
-    "all of Q after P"
-)
-CALL_VALUES = (
-    "gpt-oss renders only a turn's first tool call; check_rendered looks for each call's function name and "
-    "argument names, not its values, so a second call to the same function is silently not trained"
-)
-BUGS = {
-    **{
-        (t, c): TOJSON_RESULTS
-        for t in ("gptoss", "llama3_1", "llama3_2")
-        for c in ("one_tool_call", "several_tool_rounds", "arguments_as_json_string")
-    },
-    # the second call, or the call after the reasoning, is silently not trained
-    ("muse_glimmer", "parallel_tool_calls"): STOP_INSIDE_TURN,
-    ("muse_glimmer", "parallel_calls_to_one_function"): STOP_INSIDE_TURN,
-    ("gptoss", "parallel_calls_to_one_function"): CALL_VALUES,
-    ("muse_glimmer", "thinking_over_tool_rounds"): STOP_INSIDE_TURN,
-    # the answer after the reasoning is not trained: the audit drops the row (audit_failed)
-    **{
-        ("muse_glimmer", c): STOP_INSIDE_TURN
-        for c in ("reasoning_content", "thinking", "reasoning_and_tool_call")
-    },
-}
+# Masking bugs found by this suite: (template, conversation) -> what goes wrong. Each row's test asserts
+# the right outcome and is a strict xfail until masking is fixed. None is known today.
+BUGS: dict[tuple[str, str], str] = {}
 # Templates that carry TRL's `{% generation %}` markers themselves (LFM2.5): TRL masks with them as they are.
 MARKED = {
     name
