@@ -86,7 +86,7 @@ def message_parts(message: dict) -> str:
 
 
 def conversation_html(row: dict) -> str:
-    """A normalized row (sftlib.data): its tool schemas (collapsed), its chat-template arguments, and
+    """A normalized row (sftlib.sources): its tool schemas (collapsed), its chat-template arguments, and
     one line per message with its role and parts. Prompt/completion rows show their prompt messages,
     then their completion messages; a row that holds no messages shows nothing."""
     messages = [

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset, Features, List, Value, concatenate_datasets
 
-from sftlib import data, label_cache, masking
+from sftlib import label_cache, masking, sources
 from sftlib.config import RunConfig
-from sftlib.data import DROP_REASONS, DropExample
 from sftlib.errors import SftlibError
+from sftlib.sources import DROP_REASONS, DropExample
 
 logger = logging.getLogger("sftlib")
 
@@ -47,7 +47,7 @@ TOKENIZED = Features(
         "trailing_trimmed": Value("int64"),
         "drop_reason": Value("string"),
         "drop_detail": Value("string"),
-        "carries": List(Value("string")),  # which of data.CARRIED the source row holds
+        "carries": List(Value("string")),  # which of sources.CARRIED the source row holds
     }
 )
 BOOKKEEPING = (
@@ -92,10 +92,10 @@ def prepare(
     stop_ids = sorted(stop_ids if stop_ids is not None else modeling.stop_token_ids(cfg.model, tokenizer))
     mixture = len(cfg.sources) > 1
     parts: dict[str, list[Dataset]] = {split: [] for split in splits}
-    sources = []
+    per_source = []
     for k, src in enumerate(cfg.sources):
-        raw = data.load_raw(src, seed=cfg.seed)
-        fmt, reason = data.resolve_format(raw["train"], src.format)
+        raw = sources.load_raw(src, seed=cfg.seed)
+        fmt, reason = sources.resolve_format(raw["train"], src.format)
         logger.info("dataset format%s: %s (%s)", f" of {src.name}" if mixture else "", fmt, reason)
         entry = {"name": src.name, "format": fmt, "format_reason": reason}
         for split in splits:
@@ -107,7 +107,7 @@ def prepare(
             where = f"{split} of {src.name}" if mixture else split
             kept, entry[split] = _mask_split(ds, fmt, src, cfg, tokenizer, stop_ids, where)
             parts[split].append(kept.add_column("source", [k] * len(kept)) if mixture else kept)
-        sources.append(entry)
+        per_source.append(entry)
     out, report = {}, {}
     for split, kept in parts.items():
         if not kept:
@@ -115,29 +115,29 @@ def prepare(
         if mixture:
             ds = concatenate_datasets(kept)
             ds = ds.shuffle(seed=cfg.seed).flatten_indices() if split == "train" else ds
-            report[split] = merge_reports([e[split] for e in sources if split in e])
-            for e in sources:
+            report[split] = merge_reports([e[split] for e in per_source if split in e])
+            for e in per_source:
                 if split in e:
                     e[split]["share_of_examples"] = round(e[split]["examples"] / max(len(ds), 1), 4)
                     e[split]["share_of_trained_tokens"] = round(
                         e[split]["trained_tokens"] / max(report[split]["trained_tokens"], 1), 4
                     )
         else:
-            ds, report[split] = kept[0], sources[0][split]
+            ds, report[split] = kept[0], per_source[0][split]
         logger.info("%s: %s", split, summary_line(report[split]))
         out[split] = ds
     if mixture:
-        fmt, reason = "mixture", "; ".join(f"{e['name']}: {e['format']}" for e in sources)
+        fmt, reason = "mixture", "; ".join(f"{e['name']}: {e['format']}" for e in per_source)
     else:
-        fmt, reason = sources[0]["format"], sources[0]["format_reason"]
-    return Prepared(out.get("train"), out.get("eval"), fmt, reason, report, sources if mixture else [])
+        fmt, reason = per_source[0]["format"], per_source[0]["format_reason"]
+    return Prepared(out.get("train"), out.get("eval"), fmt, reason, report, per_source if mixture else [])
 
 
 def _mask_split(ds, fmt, src, cfg, tokenizer, stop_ids, where: str) -> tuple[Dataset, dict]:
     """One source's split: normalized, masked, audited, reported, gated; returns (kept examples, report)."""
     num_proc = cfg.dataset_num_proc
-    norm = data.normalize(ds, fmt, num_proc=num_proc)
-    if data.is_chat(norm[0]):
+    norm = sources.normalize(ds, fmt, num_proc=num_proc)
+    if sources.is_chat(norm[0]):
         require_chat_template(tokenizer)
     cached = {p for f in norm.cache_files for p in Path(f["filename"]).parent.glob("*.arrow")}
     tokenized = norm.map(
@@ -216,7 +216,7 @@ def _prepare_row(
         "index": example["index"],
         "leading_trimmed": 0,
         "trailing_trimmed": 0,
-        "carries": data.carried(example),
+        "carries": sources.carried(example),
     }
     try:
         examples, conversation = masking.tokenize_example(
@@ -341,7 +341,7 @@ def split_report(tokenized: Dataset) -> dict:
         "boundary_merged": sum(cols["boundary_merged"]),
         "tokens": sum(tokens),
         "max_tokens": max(tokens, default=0),
-        "rows_with": {kind: sum(kind in c for c in carries.values()) for kind in data.CARRIED},
+        "rows_with": {kind: sum(kind in c for c in carries.values()) for kind in sources.CARRIED},
     }
 
 
@@ -396,7 +396,7 @@ def merge_reports(reports: list[dict]) -> dict:
         "expanded_by": by_reason,
         "expansion_extra_tokens_pct": _with_pct(total)["extra_tokens_pct"],
         "max_tokens": max(r["max_tokens"] for r in reports),
-        "rows_with": {key: sum(r["rows_with"][key] for r in reports) for key in data.CARRIED},
+        "rows_with": {key: sum(r["rows_with"][key] for r in reports) for key in sources.CARRIED},
     }
 
 
@@ -510,9 +510,9 @@ def source_rows(cfg: RunConfig, split: str = "train"):
     The sources are loaded and normalized as `prepare` does (datasets' cache answers)."""
     norms = []
     for src in cfg.sources:
-        raw = data.load_raw(src, seed=cfg.seed)
-        fmt = data.resolve_format(raw["train"], src.format)[0]
-        norms.append(data.normalize(raw[split], fmt, cfg.dataset_num_proc) if split in raw else None)
+        raw = sources.load_raw(src, seed=cfg.seed)
+        fmt = sources.resolve_format(raw["train"], src.format)[0]
+        norms.append(sources.normalize(raw[split], fmt, cfg.dataset_num_proc) if split in raw else None)
     positions = [{i: k for k, i in enumerate(n["index"])} if n is not None else {} for n in norms]
 
     def lookup(example: dict) -> dict | None:

@@ -39,9 +39,9 @@ import dataclasses
 import json
 import os
 
-from sftlib import chat, data
-from sftlib.data import DropExample
+from sftlib import chat, sources
 from sftlib.errors import SftlibError
+from sftlib.sources import DropExample
 
 IGNORE = -100
 
@@ -88,8 +88,8 @@ class Tokens:
 
 def tokenize_example(
     example: dict, tokenizer, stop_ids=None, train_on: str = "all_assistant", template_kwargs=None
-) -> tuple[list[Tokens], data.Conversation | None]:
-    """A normalized example (sftlib.data) -> ([Tokens, ...], the cleaned conversation or None).
+) -> tuple[list[Tokens], sources.Conversation | None]:
+    """A normalized example (sftlib.sources) -> ([Tokens, ...], the cleaned conversation or None).
 
     `stop_ids`: the model's stop token ids (default: the tokenizer's EOS). `template_kwargs`: the
     configured chat-template arguments (dataset.chat_template_kwargs); a row's own `tools` and
@@ -97,8 +97,8 @@ def tokenize_example(
     the module docstring). Raises DropExample.
     """
     stop_ids = frozenset(stop_ids or [tokenizer.eos_token_id])
-    if data.is_chat(example):
-        conversation = data.conversation(example)
+    if sources.is_chat(example):
+        conversation = sources.conversation(example)
         turns = trained_turns(conversation, train_on)
         context = template_context(example, template_kwargs)
         examples = chat_tokens(conversation.messages, turns, tokenizer, stop_ids, train_on, context)
@@ -127,7 +127,7 @@ def template_context(example: dict, template_kwargs: dict | None = None) -> dict
     return {"tools": tools, **(template_kwargs or {}), **row_kwargs}
 
 
-def trained_turns(conversation: data.Conversation, train_on: str) -> list[int]:
+def trained_turns(conversation: sources.Conversation, train_on: str) -> list[int]:
     turns = [
         i
         for i, m in enumerate(conversation.messages)
@@ -449,8 +449,8 @@ def audit(tokens: Tokens, example: dict, tokenizer, stop_ids=None, template_kwar
         return check(*texts) or check(*(_as_tokenized(tokenizer, t) for t in texts))
 
     runs = trained_runs(labels)
-    if data.is_chat(example):
-        messages = data.conversation(example).messages
+    if sources.is_chat(example):
+        messages = sources.conversation(example).messages
         problem = (
             None
             if len(runs) == len(tokens.turns)

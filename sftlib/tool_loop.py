@@ -171,21 +171,21 @@ class Cases:
 
 def held_out_cases(cfg, limit: int | None = None) -> Cases:
     """The held-out rows of every source with an eval split that carry tools, as loop Cases."""
-    from sftlib import data, masking
+    from sftlib import masking, sources
     from sftlib.errors import SftlibError
 
     cases = Cases([], [], [], [])
     for src in cfg.sources:
-        raw = data.load_raw(src, seed=cfg.seed)
+        raw = sources.load_raw(src, seed=cfg.seed)
         if "eval" not in raw:
             continue
-        for example in data.normalize(raw["eval"], data.resolve_format(raw["train"], src.format)[0]):
+        for example in sources.normalize(raw["eval"], sources.resolve_format(raw["train"], src.format)[0]):
             if limit is not None and len(cases.prompts) >= limit:
                 break
             try:
-                messages = data.conversation(example).messages
+                messages = sources.conversation(example).messages
                 context = masking.template_context(example, src.chat_template_kwargs)
-            except data.DropExample:
+            except sources.DropExample:
                 continue
             if not context["tools"]:
                 continue

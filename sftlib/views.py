@@ -225,7 +225,7 @@ def table_html(rows: list[dict], columns: list[str] | None = None) -> str:
 
 def drop_rows(report: dict) -> list[dict]:
     """One row per split and outcome (kept, expanded, truncated, each drop reason) with its count and meaning."""
-    from sftlib.data import DROP_REASONS
+    from sftlib.sources import DROP_REASONS
 
     rows = []
     for split, rep in report.items():

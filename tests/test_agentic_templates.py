@@ -35,8 +35,8 @@ from test_chat_templates import (
     template_tokenizers,
 )
 
-from sftlib import chat, data, masking
-from sftlib.data import DropExample
+from sftlib import chat, masking, sources
+from sftlib.sources import DropExample
 
 SYSTEM = "You are a concise weather assistant."
 WEATHER = {
@@ -464,7 +464,7 @@ def test_sharegpt_function_call_and_observation_train_as_the_openai_row(agentic_
         ],
         "tools": json.dumps(row["tools"]),
     }
-    (normalized,) = data.normalize(Dataset.from_list([sharegpt]), "sharegpt").to_list()
+    (normalized,) = sources.normalize(Dataset.from_list([sharegpt]), "sharegpt").to_list()
     tok, stop_ids = agentic_tokenizers("qwen3")("qwen3")
     ours, _ = masking.tokenize_example(normalized, tok, stop_ids)
     theirs, _ = masking.tokenize_example({"messages": messages, "index": 0, **row}, tok, stop_ids)

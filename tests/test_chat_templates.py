@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sftlib import masking
-from sftlib.data import DropExample
+from sftlib.sources import DropExample
 
 TEMPLATES = Path(__import__("trl").__file__).parent / "chat_templates"
 PAIRS = sorted(p.name.removesuffix("_training.jinja") for p in TEMPLATES.glob("*_training.jinja"))

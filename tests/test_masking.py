@@ -11,7 +11,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from sftlib import data, dataset, label_cache, masking, modeling, views
+from sftlib import dataset, label_cache, masking, modeling, sources, views
 from sftlib.config import DatasetConfig, ModelConfig, RunConfig
 from sftlib.errors import SftlibError
 
@@ -103,10 +103,10 @@ def test_every_label_is_ignored_or_its_input_token_and_both_occur(fixture, token
 )
 def test_every_assistant_turn_decodes_back_to_its_content_and_im_end(fixture, tokenizer):
     prepared = dataset.prepare(config(fixture), tokenizer)
-    raw = data.load_raw(DatasetConfig(name=str(FIXTURES / fixture)))["train"]
-    norm = data.normalize(raw, prepared.format)
+    raw = sources.load_raw(DatasetConfig(name=str(FIXTURES / fixture)))["train"]
+    norm = sources.normalize(raw, prepared.format)
     for row in prepared.train:
-        conversation = data.conversation(norm[row["index"]])
+        conversation = sources.conversation(norm[row["index"]])
         expected = [
             m["content"] + "<|im_end|>"
             for m in conversation.messages[conversation.first_trainable :]
@@ -233,7 +233,7 @@ def sft_trainer(tokenizer, tmp_path, ds):
 
 
 def test_string_prompt_completion_and_text_labels_equal_trl(tokenizer, tmp_path):
-    pc_rows = data.load_raw(DatasetConfig(name=str(FIXTURES / "prompt_completion.jsonl")))["train"]
+    pc_rows = sources.load_raw(DatasetConfig(name=str(FIXTURES / "prompt_completion.jsonl")))["train"]
     pc_rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in pc_rows]
     ours = dataset.prepare(config("prompt_completion.jsonl"), tokenizer).train
     trl_ds = sft_trainer(tokenizer, tmp_path, datasets.Dataset.from_list(pc_rows)).train_dataset
@@ -241,7 +241,8 @@ def test_string_prompt_completion_and_text_labels_equal_trl(tokenizer, tmp_path)
     assert list(ours["labels"]) == list(trl_ds["labels"])
 
     text_rows = [
-        {"text": r["text"]} for r in data.load_raw(DatasetConfig(name=str(FIXTURES / "text.jsonl")))["train"]
+        {"text": r["text"]}
+        for r in sources.load_raw(DatasetConfig(name=str(FIXTURES / "text.jsonl")))["train"]
     ]
     ours = dataset.prepare(config("text.jsonl"), tokenizer).train
     trl_ds = sft_trainer(tokenizer, tmp_path, datasets.Dataset.from_list(text_rows)).train_dataset
@@ -342,7 +343,7 @@ def test_end_of_turn_marker_that_is_not_a_stop_token_is_named(tokenizer):
         "{% for m in messages %}{{ m.role }}: {{ m.content }}<|eot_id|>\n{% endfor %}"
         "{% if add_generation_prompt %}assistant: {% endif %}",
     )
-    with pytest.raises(data.DropExample) as drop:
+    with pytest.raises(sources.DropExample) as drop:
         masking.tokenize_example({"messages": chat("u a", "a b")}, tok)
     assert drop.value.reason == "no_stop_token"
     assert (
@@ -411,14 +412,14 @@ def test_audit_rejects_a_wrong_mask(tokenizer):
     out = one(example, tokenizer)
     everything = masking.Tokens(out.input_ids, list(out.input_ids), out.turns)
     with pytest.raises(
-        data.DropExample, match="audit_failed: example 3: turn 1: the trained run does not start"
+        sources.DropExample, match="audit_failed: example 3: turn 1: the trained run does not start"
     ):
         masking.audit(everything, example, tokenizer)
     shifted = masking.Tokens(out.input_ids, [-100] + out.labels[:-1], out.turns)  # trains "\n" not "H"
-    with pytest.raises(data.DropExample, match="does not start where the model's generation starts"):
+    with pytest.raises(sources.DropExample, match="does not start where the model's generation starts"):
         masking.audit(shifted, example, tokenizer)
     no_stop = masking.Tokens(out.input_ids, out.labels[:-2] + [-100, -100], out.turns)
-    with pytest.raises(data.DropExample, match="does not end with its first stop token"):
+    with pytest.raises(sources.DropExample, match="does not end with its first stop token"):
         masking.audit(no_stop, example, tokenizer)
 
 
@@ -561,8 +562,8 @@ def test_truncation_keeps_the_start_counts_truncated_and_drops_fully_cut_example
     assert report["truncated"] == 1 and report["kept"] == 1
     row = prepared.train[0]
     assert len(row["input_ids"]) == 30 and row["truncated"] and row["index"] == 1
-    norm = data.normalize(
-        data.load_raw(DatasetConfig(name=str(FIXTURES / "messages.jsonl")))["train"], "messages"
+    norm = sources.normalize(
+        sources.load_raw(DatasetConfig(name=str(FIXTURES / "messages.jsonl")))["train"], "messages"
     )
     (full,), _ = masking.tokenize_example(norm[row["index"]], tokenizer)
     assert row["input_ids"] == full.input_ids[:30] and row["labels"] == full.labels[:30]
@@ -634,7 +635,7 @@ def test_the_label_cache_key_covers_every_module_on_the_path_from_row_to_labels(
     root = tmp_path / "sftlib"
     shutil.copytree(Path(label_cache.__file__).parent, root, ignore=shutil.ignore_patterns("__pycache__"))
     names = {p.name for p in label_cache.dependencies(root)}
-    assert {"dataset.py", "masking.py", "data.py", "chat.py", "config.py"} <= names
+    assert {"dataset.py", "masking.py", "sources.py", "chat.py", "config.py"} <= names
     assert "plots.py" not in names and "views.py" not in names
     before = label_cache.version(root)
     (root / "plots.py").write_text((root / "plots.py").read_text() + "\n# not on the path\n")
@@ -668,7 +669,9 @@ def test_token_view_and_report_show_what_is_trained(tokenizer, tmp_path):
 
 
 def test_save_to_disk_dataset_prepares_with_eval_split(tokenizer, tmp_path):
-    ds = data.load_raw(DatasetConfig(name=str(FIXTURES / "sharegpt.jsonl")))["train"].remove_columns("index")
+    ds = sources.load_raw(DatasetConfig(name=str(FIXTURES / "sharegpt.jsonl")))["train"].remove_columns(
+        "index"
+    )
     datasets.DatasetDict({"train": ds, "test": ds.select([1])}).save_to_disk(str(tmp_path / "saved"))
     prepared = dataset.prepare(config(str(tmp_path / "saved"), eval_split="test"), tokenizer)
     assert (len(prepared.train), len(prepared.eval)) == (2, 1)

@@ -1,4 +1,4 @@
-"""Loading, format detection and normalization (sftlib.data), on the committed fixtures."""
+"""Loading, format detection and normalization (sftlib.sources), on the committed fixtures."""
 
 import logging
 import shutil
@@ -7,7 +7,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from sftlib import data
+from sftlib import sources
 from sftlib.config import DatasetConfig
 from sftlib.errors import SftlibError
 
@@ -23,7 +23,7 @@ def hf_cache(tmp_path_factory, monkeypatch):
 
 
 def load(name, **kwargs):
-    return data.load_raw(DatasetConfig(name=str(FIXTURES / name) if "/" not in name else name, **kwargs))
+    return sources.load_raw(DatasetConfig(name=str(FIXTURES / name) if "/" not in name else name, **kwargs))
 
 
 @pytest.mark.parametrize(
@@ -40,7 +40,7 @@ def load(name, **kwargs):
 )
 def test_each_fixture_format_is_detected_with_a_reason(fixture, fmt):
     train = load(fixture)["train"]
-    detected, reason = data.detect_format(train)
+    detected, reason = sources.detect_format(train)
     assert detected == fmt
     assert reason and "\n" not in reason
     assert train["index"] == list(range(len(train)))
@@ -48,14 +48,14 @@ def test_each_fixture_format_is_detected_with_a_reason(fixture, fmt):
 
 def test_unknown_columns_raise_listing_columns_and_accepted_formats():
     with pytest.raises(SftlibError) as err:
-        data.detect_format(load("unknown_columns.jsonl")["train"])
+        sources.detect_format(load("unknown_columns.jsonl")["train"])
     assert "question, answer" in err.value.message
     assert "alpaca" in err.value.fix and "sharegpt" in err.value.fix
 
 
 def test_columns_mapping_renames_source_columns_to_canonical_names():
     train = load("unknown_columns.jsonl", columns={"prompt": "question", "completion": "answer"})["train"]
-    assert data.detect_format(train)[0] == "prompt_completion"
+    assert sources.detect_format(train)[0] == "prompt_completion"
     assert train[0]["prompt"] == "2 + 2?"
 
 
@@ -67,7 +67,7 @@ def test_columns_mapping_naming_a_missing_column_raises():
 def test_explicit_format_with_missing_columns_lists_present_columns():
     train = load("text.jsonl")["train"]
     with pytest.raises(SftlibError, match="needs column.*prompt, completion; the dataset has: text, index"):
-        data.normalize(train, "prompt_completion")
+        sources.normalize(train, "prompt_completion")
 
 
 def test_missing_file_raises_naming_it():
@@ -95,7 +95,7 @@ def test_parquet_file_loads(tmp_path):
     path = tmp_path / "messages.parquet"
     load("messages.jsonl")["train"].remove_columns("index").to_parquet(str(path))
     train = load(str(path))["train"]
-    assert data.detect_format(train)[0] == "messages"
+    assert sources.detect_format(train)[0] == "messages"
     assert len(train) == 3
 
 
@@ -146,7 +146,7 @@ def test_eval_size_as_large_as_the_split_raises():
 
 
 def test_normalize_alpaca_builds_system_user_assistant_messages():
-    norm = data.normalize(load("alpaca.jsonl")["train"], "alpaca")
+    norm = sources.normalize(load("alpaca.jsonl")["train"], "alpaca")
     assert norm.column_names == ["messages", "index"]
     assert norm[0]["messages"] == [
         {"role": "user", "content": "Give the capital of France."},
@@ -157,13 +157,13 @@ def test_normalize_alpaca_builds_system_user_assistant_messages():
 
 
 def test_normalize_alpaca_csv_treats_empty_input_as_none():
-    norm = data.normalize(load("alpaca.csv")["train"], "alpaca")
+    norm = sources.normalize(load("alpaca.csv")["train"], "alpaca")
     assert norm[0]["messages"][0]["content"] == "Give the capital of France."
     assert norm[2]["messages"][1]["content"] == "Line one,\nline two."
 
 
 def test_normalize_sharegpt_maps_roles_to_messages():
-    norm = data.normalize(load("sharegpt.jsonl")["train"], "sharegpt")
+    norm = sources.normalize(load("sharegpt.jsonl")["train"], "sharegpt")
     assert [m["role"] for m in norm[1]["messages"]] == ["system", "user", "assistant", "user", "assistant"]
     assert norm[0]["messages"][1] == {"role": "assistant", "content": "Paris."}
 
@@ -180,7 +180,7 @@ def test_normalize_keeps_every_message_key_drops_arrow_nulls_and_nulls_non_strin
         ]
     )
     assert ds[0]["messages"][0]["reasoning_content"] is None  # Arrow's shared schema pads the key
-    norm = data.normalize(ds, "messages")
+    norm = sources.normalize(ds, "messages")
     assert norm[0] == {
         "messages": [
             {"role": "user", "content": "hi", "name": "x"},
@@ -188,19 +188,19 @@ def test_normalize_keeps_every_message_key_drops_arrow_nulls_and_nulls_non_strin
         ],
         "index": 0,
     }
-    bad = data.normalize(load("bad_messages.jsonl")["train"], "messages")
+    bad = sources.normalize(load("bad_messages.jsonl")["train"], "messages")
     assert bad[4]["messages"][1]["content"] is None  # a list became None -> non_string_content later
 
 
 def test_a_single_file_has_only_a_train_split():
     for key in ("split", "eval_split"):
         with pytest.raises(SftlibError) as err:
-            data.load_raw(DatasetConfig(name=str(FIXTURES / "messages.jsonl"), **{key: "validation"}))
+            sources.load_raw(DatasetConfig(name=str(FIXTURES / "messages.jsonl"), **{key: "validation"}))
         assert "no split 'validation'; it has: train" in err.value.message and "eval_size" in err.value.fix
 
 
 def test_normalize_conversational_prompt_completion_keeps_message_lists():
-    norm = data.normalize(load("prompt_completion_chat.jsonl")["train"], "prompt_completion")
+    norm = sources.normalize(load("prompt_completion_chat.jsonl")["train"], "prompt_completion")
     assert norm[2]["prompt"][1] == {"role": "assistant", "content": "Hi!"}
     assert norm[2]["completion"] == [{"role": "assistant", "content": "HI!"}]
 
