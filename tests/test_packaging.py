@@ -1,5 +1,6 @@
-"""Packaging: pyproject and environment.yml agree; both entry points exist; the notebooks and configs
-ship inside the package, and an installed wheel runs from any folder."""
+"""Packaging: pyproject's ranges, the lock (.ci/constraints.txt), environment.yml and the Makefile agree;
+both entry points exist; the notebooks and configs ship inside the package, and an installed wheel runs
+from any folder."""
 
 import json
 import os
@@ -10,23 +11,98 @@ from pathlib import Path
 import pytest
 import tomllib
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _name(req: str) -> str:
-    for sep in ("==", ">=", "<=", "~=", "<", ">", "["):
-        req = req.split(sep)[0]
-    return req.strip().lower()
+LOCK = ROOT / ".ci/constraints.txt"
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
 
 
-def test_environment_yml_names_the_same_dependencies_as_pyproject():
+def requirements(*groups: str) -> list[Requirement]:
+    """pyproject's dependencies ("runtime") and optional-dependency groups, parsed."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
+    listed = {"runtime": project["dependencies"], **project["optional-dependencies"]}
+    return [Requirement(r) for group in groups for r in listed[group]]
+
+
+def extras() -> list[str]:
+    return list(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+
+
+def locked() -> dict[str, Version]:
+    pins = (line.split("==") for line in LOCK.read_text().splitlines() if line and not line.startswith("#"))
+    return {canonicalize_name(name): Version(version) for name, version in pins}
+
+
+def test_each_dependency_is_a_range_from_a_tested_release_to_the_next_major_after_the_lock():
+    lock = locked()
+    for req in requirements("runtime", "trackio", "tensorboard"):
+        bounds = {spec.operator: Version(spec.version) for spec in req.specifier}
+        assert set(bounds) == {">=", "<"}, f"{req}: give it a lower bound and the next major as the upper"
+        next_major = Version(str(lock[canonicalize_name(req.name)].major + 1))
+        assert bounds["<"] == next_major, f"{req}: the upper bound is the next major, {next_major}"
+
+
+def test_the_lock_pins_every_dependency_inside_its_range_and_torch_without_a_build_label():
+    lock = locked()
+    for req in requirements("runtime", *extras()):
+        name = canonicalize_name(req.name)
+        assert name in lock, f"{req.name} is not in the lock: make lock"
+        assert req.specifier.contains(lock[name], prereleases=True), (
+            f"lock {name}=={lock[name]} is outside {req}"
+        )
+    assert not lock["torch"].local  # torch==2.13.0 matches the CPU build (2.13.0+cpu) and any other
+
+
+def test_environment_yml_and_the_makefile_install_sftlib_with_every_extra_through_the_lock():
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    listed = {r for r in pip if not r.startswith("-e")}
-    assert {_name(r): r for r in listed} == {_name(r): r for r in wanted}
+    *options, editable = pip
+    assert options == [f"--extra-index-url {CPU_INDEX}", "-c .ci/constraints.txt"]
+    assert editable.startswith("-e .[") and sorted(editable[5:-1].split(",")) == sorted(extras())
+    assert "python=3.11" in env["dependencies"]  # the lock's Python
+
+    makefile = (ROOT / "Makefile").read_text()
+    assert "LOCK   := .ci/constraints.txt\n" in makefile
+    (line,) = (line for line in makefile.splitlines() if line.startswith("EXTRAS := "))
+    assert sorted(line.removeprefix("EXTRAS := ").split(",")) == sorted(extras())
+    assert "$(call venv,$(VENV),--version $(shell sed -n 's/^torch==//p' $(LOCK)),-c $(LOCK))" in makefile
+
+
+def test_the_oldest_tier_pins_every_dependency_to_the_lower_bound_of_its_range():
+    out = subprocess.run(
+        [sys.executable, ROOT / ".ci/lower_bounds.py", *extras()], capture_output=True, text=True, check=True
+    )
+    pins = [Requirement(line) for line in out.stdout.splitlines()]
+    reqs = requirements("runtime", *extras())
+    assert [p.name for p in pins] == [r.name for r in reqs]
+    for pin, req in zip(pins, reqs, strict=True):
+        (spec,) = pin.specifier
+        assert spec.operator == "==" and req.specifier.contains(spec.version, prereleases=True)
+        assert not any(
+            Version(spec.version) > Version(s.version) for s in req.specifier if s.operator == ">="
+        )
+
+
+def test_an_unreachable_cpu_index_is_reported_at_once_not_retried():
+    import importlib.util
+    import socket
+    import time
+
+    spec = importlib.util.spec_from_file_location("cpu_torch", ROOT / ".ci/cpu_torch.py")
+    cpu_torch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cpu_torch)
+    with socket.socket() as closed:  # a port nothing listens on: bound, never accepting
+        closed.bind(("127.0.0.1", 0))
+        start = time.monotonic()
+        why = cpu_torch.index_unreachable(f"http://127.0.0.1:{closed.getsockname()[1]}/whl/cpu")
+    assert why and time.monotonic() - start < cpu_torch.TIMEOUT_S + 1
+    assert cpu_torch.CPU_INDEX == CPU_INDEX
 
 
 def test_python_dash_m_sftlib_prints_help():
@@ -86,29 +162,35 @@ def test_an_editable_install_finds_the_checkouts_notebooks_and_configs_from_any_
     assert out.stdout.split() == [str(ROOT / "notebooks"), str(ROOT / "configs/demo.yaml")]
 
 
-@pytest.fixture(scope="module")
-def wheel_venv(tmp_path_factory):
-    """A fresh venv holding sftlib from a wheel (built from a copy of the sources), whose dependencies
-    are those of this environment: a .pth file adds this venv's site-packages after its own. Nothing
-    is downloaded. Its nbconvert templates are data files of this environment too (JUPYTER_PATH)."""
+def build_wheel(tmp: Path) -> Path:
+    """sftlib's wheel, built without a network from a copy of the sources in tmp/src, into tmp/dist."""
     import shutil
-    import sysconfig
-    import venv
 
-    tmp = tmp_path_factory.mktemp("wheel")
     src = tmp / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
     for name in ("sftlib", "notebooks", "configs"):
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
     built = subprocess.run(
-        [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(tmp / "dist"), str(src)],
+        [*PIP, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(tmp / "dist"), str(src)],
         capture_output=True, text=True,
     )  # fmt: skip
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = (tmp / "dist").glob("sftlib-*.whl")
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def wheel_venv(tmp_path_factory):
+    """A fresh venv holding sftlib from a wheel (built from a copy of the sources), whose dependencies
+    are those of this environment: a .pth file adds this venv's site-packages after its own. Nothing
+    is downloaded. Its nbconvert templates are data files of this environment too (JUPYTER_PATH)."""
+    import sysconfig
+    import venv
+
+    tmp = tmp_path_factory.mktemp("wheel")
+    wheel = build_wheel(tmp)
 
     env_dir = tmp / "venv"
     venv.create(env_dir, with_pip=False)
@@ -120,7 +202,7 @@ def wheel_venv(tmp_path_factory):
     ).stdout.strip()
     (Path(site) / "project-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     installed = subprocess.run(
-        [*pip, "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)],
+        [*PIP, "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)],
         capture_output=True, text=True,
     )  # fmt: skip
     assert installed.returncode == 0, installed.stderr[-3000:]
