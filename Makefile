@@ -76,7 +76,7 @@ test-newest:
 
 # Every dependency at the lowest release its range allows (.ci/lower_bounds.py), torch included.
 test-oldest:
-	rm -rf $(OLDEST)
+	rm -rf $(OLDEST) && mkdir -p $(VENV)
 	$(PYTHON) .ci/lower_bounds.py $(subst $(comma), ,$(EXTRAS)) > $(VENV)/oldest-constraints.txt
 	$(call venv,$(OLDEST),--version $$(sed -n 's/^torch==//p' $(VENV)/oldest-constraints.txt),-c $(VENV)/oldest-constraints.txt)
 	$(call pytest,$(OLDEST),oldest releases allowed)
