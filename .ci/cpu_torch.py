@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -33,22 +34,26 @@ def index_unreachable(index: str) -> str | None:
 
 
 def install(python: str, requirement: str, index: str, reachable: bool, upgrade: bool) -> dict:
-    """pip's installation report of `requirement`, from `index` or else from local wheels only."""
+    """pip's installation report of torch: from `index`, or else torch itself from local wheels only
+    (pip's find-links) and then its dependencies (filelock, sympy, ...) from pip's usual sources."""
+    pip = [python, "-m", "pip", "install", "--quiet"]
+    where = f"PyTorch's CPU index ({index})" if reachable else "a local CPU wheel (pip's find-links)"
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
-        cmd = [python, "-m", "pip", "install", "--quiet", "--report", str(report)]
-        cmd += (
-            ["--timeout", str(TIMEOUT_S), "--retries", "0", "--index-url", index]
-            if reachable
-            else ["--no-index"]
-        )
-        cmd += ["--upgrade", requirement] if upgrade else [requirement]
-        if subprocess.run(cmd).returncode != 0:
-            where = f"PyTorch's CPU index ({index})" if reachable else "a local CPU wheel (pip's find-links)"
+        source = ["--timeout", str(TIMEOUT_S), "--retries", "0", "--index-url", index]
+        cmd = [*pip, "--report", str(report), *(source if reachable else ["--no-index", "--no-deps"])]
+        if subprocess.run([*cmd, *(["--upgrade"] if upgrade else []), requirement]).returncode != 0:
             sys.exit(
                 f"error: no {requirement} from {where}. Fix: install a CPU torch yourself first (README: Install)."
             )
+        if not reachable and subprocess.run([*pip, f"torch=={installed_version(python)}"]).returncode != 0:
+            sys.exit("error: torch's dependencies did not install. Fix: see pip's error above.")
         return json.loads(report.read_text())
+
+
+def installed_version(python: str) -> str:
+    probe = "from importlib.metadata import version; print(version('torch'))"
+    return subprocess.run([python, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
 
 
 def source(report: dict, index: str, unreachable: str | None) -> str:
@@ -59,7 +64,7 @@ def source(report: dict, index: str, unreachable: str | None) -> str:
         return "the venv (already installed)"
     if url.startswith(index):
         return f"PyTorch's CPU index ({index})"
-    where = url.removeprefix("file://")
+    where = urllib.parse.unquote(url.removeprefix("file://"))
     why = f"PyTorch's CPU index {index} unreachable: {unreachable}" if unreachable else "pip preferred it"
     return f"a local CPU wheel, {where} ({why})"
 
