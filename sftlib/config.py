@@ -8,18 +8,15 @@ itself, so its fields are never copied here.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import enum
 import functools
 import logging
-import re
-import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal
 
 import yaml
 
+from sftlib import config_values
 from sftlib.errors import SftlibError
 
 DEFAULT_CONFIG = "configs/default_train_config.yaml"
@@ -126,26 +123,6 @@ class RunConfig:
 # --------------------------------------------------------------------------- loading
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e-4` as a float (YAML 1.1 wants `1.0e-4`; people write `1e-4`)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
-
-
-def parse_yaml(text: str):
-    """Safe YAML (no Python tags), with scientific notation read as floats."""
-    loader = _Loader(text)
-    try:
-        return loader.get_single_data()
-    finally:
-        loader.dispose()
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a YAML config, apply `dotted.key=value` overrides, and validate everything."""
     path = Path(path or DEFAULT_CONFIG)
@@ -163,7 +140,7 @@ def raw_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             f"config file {path} does not exist.", "pass --config PATH to an existing YAML file."
         )
     try:
-        raw = parse_yaml(path.read_text())
+        raw = config_values.parse_yaml(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -176,7 +153,7 @@ def raw_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     if not isinstance(raw, dict):
         raise SftlibError(f"{path} must hold a mapping with sections model, dataset, training.")
     for item in overrides:
-        apply_override(raw, item)
+        config_values.apply_override(raw, item)
     return raw
 
 
@@ -193,28 +170,8 @@ def output_dir_of(path: str | Path | None, overrides: list[str] | tuple[str, ...
     return Path(value if isinstance(value, str) and value else default_output_dir(path))
 
 
-def apply_override(raw: dict, item: str) -> None:
-    """Set `a.b.c=value` in a nested dict. The value is parsed as YAML (`3`, `true`, `[a, b]`)."""
-    key, sep, text = item.partition("=")
-    if not sep or not key.strip():
-        raise SftlibError(
-            f"--set {item!r} is not of the form dotted.key=value.", "write e.g. --set training.max_steps=3."
-        )
-    parts = key.strip().split(".")
-    node = raw
-    for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise SftlibError(f"--set {key}: {'.'.join(parts[: i + 1])} is a value, not a section.")
-        node = child
-    try:
-        node[parts[-1]] = parse_yaml(text) if text.strip() else None
-    except yaml.YAMLError:
-        node[parts[-1]] = text
-
-
 def config_from_dict(raw: dict[str, Any]) -> RunConfig:
-    _check_keys(raw, ("model", "dataset", "training"), "")
+    config_values.check_keys(raw, ("model", "dataset", "training"), "")
     for section in ("model", "dataset"):
         if section not in raw or raw[section] is None:
             raise SftlibError(
@@ -260,7 +217,7 @@ def _section(raw: dict, name: str) -> dict:
 
 def _fields(cls, raw: dict, where: str, skip: set[str] = frozenset()) -> dict:
     names = [f.name for f in dataclasses.fields(cls)]
-    _check_keys(raw, names, where)
+    config_values.check_keys(raw, names, where)
     hints = typing.get_type_hints(cls)
     required = [
         f.name
@@ -274,7 +231,7 @@ def _fields(cls, raw: dict, where: str, skip: set[str] = frozenset()) -> dict:
     for key, value in raw.items():
         if key in skip:
             continue
-        _check_type(value, hints[key], f"{where}.{key}")
+        config_values.check_type(value, hints[key], f"{where}.{key}")
         out[key] = value
     return out
 
@@ -283,77 +240,7 @@ def _build(cls, raw: dict, where: str):
     return cls(**_fields(cls, raw, where))
 
 
-# Names people carry over from other tools; spelling distance alone would not find these.
-_SYNONYMS = {
-    "rank": "r",
-    "alpha": "lora_alpha",
-    "dropout": "lora_dropout",
-    "lr": "learning_rate",
-    "batch_size": "per_device_train_batch_size",
-    "epochs": "num_train_epochs",
-    "max_len": "max_seq_length",
-    "model_name": "path",
-    "dataset_name": "name",
-}
-
-
-def _check_keys(raw: dict, valid, where: str) -> None:
-    for key in raw:
-        if key not in valid:
-            path = f"{where}.{key}" if where else str(key)
-            close = [_SYNONYMS[key]] if _SYNONYMS.get(key) in valid else []
-            close = close or difflib.get_close_matches(str(key), list(valid), n=1, cutoff=0.5)
-            hint = f"did you mean `{close[0]}`?" if close else f"valid keys here: {', '.join(sorted(valid))}."
-            raise SftlibError(f"unknown config key `{path}`.", hint)
-
-
-# --------------------------------------------------------------------------- types
-
-
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _check_type(value: Any, tp, path: str) -> None:
-    if not _matches(value, tp):
-        raise SftlibError(
-            f"`{path}` is {value!r} ({type(value).__name__}), expected {_type_name(tp)}.",
-            f"give `{path.rsplit('.', 1)[-1]}` a value of that type.",
-        )
-
-
-def _matches(value: Any, tp) -> bool:
-    if tp is Any or tp is typing.Any:
-        return True
-    origin = get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, arg) for arg in get_args(tp))
-    if origin is Literal:
-        return value in get_args(tp)
-    if tp is type(None):
-        return value is None
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return value in {m.value for m in tp} or value in {m.name for m in tp}
-    if origin in (list, tuple, set):
-        (inner, *_) = get_args(tp) or (Any,)
-        return isinstance(value, list) and all(_matches(v, inner) for v in value)
-    if origin is dict:
-        return isinstance(value, dict)
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is str:
-        return isinstance(value, str)
-    if isinstance(tp, type):
-        return isinstance(value, tp)
-    # No SFTConfig field of the pinned TRL has such an annotation (tests/test_config.py checks): say so.
-    logging.getLogger("sftlib").warning(
-        "warning: sftlib can't check values of type %s; trl.SFTConfig validates this one itself.", tp
-    )
-    return True
+# --------------------------------------------------------------------------- training
 
 
 def sft_config_default(name: str) -> Any:
@@ -399,13 +286,13 @@ DECIDED_WHEN_NULL = ("activation_checkpointing", "gradient_checkpointing")
 def validate_training(raw: dict[str, Any]) -> dict[str, Any]:
     raw = _renamed_training_keys(raw)
     fields = {**sft_config_fields(), **SFTLIB_TRAINING}
-    _check_keys(raw, fields, "training")
+    config_values.check_keys(raw, fields, "training")
     for key, value in raw.items():
         if value is None and key in DECIDED_WHEN_NULL:
             continue
         if key in _OWNED:
             raise SftlibError(f"`training.{key}` is set by sftlib.", f"use {_OWNED[key]} instead.")
-        _check_type(value, fields[key], f"training.{key}")
+        config_values.check_type(value, fields[key], f"training.{key}")
     if raw.get("pass_tokens") is not None and raw["pass_tokens"] < 1:
         raise SftlibError(
             f"training.pass_tokens must be a positive number of tokens, got {raw['pass_tokens']}.",

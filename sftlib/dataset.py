@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from datasets import Dataset, Features, List, Value, concatenate_datasets
 
-from sftlib import label_cache, masking, sources
+from sftlib import audit, conversations, formats, label_cache, masking, reports, sources
 from sftlib.config import RunConfig
+from sftlib.conversations import DropExample
 from sftlib.errors import SftlibError
-from sftlib.sources import DROP_REASONS, DropExample
 
 logger = logging.getLogger("sftlib")
 
@@ -47,7 +46,7 @@ TOKENIZED = Features(
         "trailing_trimmed": Value("int64"),
         "drop_reason": Value("string"),
         "drop_detail": Value("string"),
-        "carries": List(Value("string")),  # which of sources.CARRIED the source row holds
+        "carries": List(Value("string")),  # which of conversations.CARRIED the source row holds
     }
 )
 BOOKKEEPING = (
@@ -95,7 +94,7 @@ def prepare(
     per_source = []
     for k, src in enumerate(cfg.sources):
         raw = sources.load_raw(src, seed=cfg.seed)
-        fmt, reason = sources.resolve_format(raw["train"], src.format)
+        fmt, reason = formats.resolve_format(raw["train"], src.format)
         logger.info("dataset format%s: %s (%s)", f" of {src.name}" if mixture else "", fmt, reason)
         entry = {"name": src.name, "format": fmt, "format_reason": reason}
         for split in splits:
@@ -115,7 +114,7 @@ def prepare(
         if mixture:
             ds = concatenate_datasets(kept)
             ds = ds.shuffle(seed=cfg.seed).flatten_indices() if split == "train" else ds
-            report[split] = merge_reports([e[split] for e in per_source if split in e])
+            report[split] = reports.merge_reports([e[split] for e in per_source if split in e])
             for e in per_source:
                 if split in e:
                     e[split]["share_of_examples"] = round(e[split]["examples"] / max(len(ds), 1), 4)
@@ -124,7 +123,7 @@ def prepare(
                     )
         else:
             ds, report[split] = kept[0], per_source[0][split]
-        logger.info("%s: %s", split, summary_line(report[split]))
+        logger.info("%s: %s", split, reports.summary_line(report[split]))
         out[split] = ds
     if mixture:
         fmt, reason = "mixture", "; ".join(f"{e['name']}: {e['format']}" for e in per_source)
@@ -137,7 +136,7 @@ def _mask_split(ds, fmt, src, cfg, tokenizer, stop_ids, where: str) -> tuple[Dat
     """One source's split: normalized, masked, audited, reported, gated; returns (kept examples, report)."""
     num_proc = cfg.dataset_num_proc
     norm = sources.normalize(ds, fmt, num_proc=num_proc)
-    if sources.is_chat(norm[0]):
+    if conversations.is_chat(norm[0]):
         require_chat_template(tokenizer)
     cached = {p for f in norm.cache_files for p in Path(f["filename"]).parent.glob("*.arrow")}
     tokenized = norm.map(
@@ -164,10 +163,10 @@ def _mask_split(ds, fmt, src, cfg, tokenizer, stop_ids, where: str) -> tuple[Dat
             where,
             label_cache.code_version(),
         )
-    rep = split_report(tokenized)
-    for line in warnings(where, rep):
+    rep = reports.split_report(tokenized)
+    for line in reports.warnings(where, rep):
         logger.warning("%s", line)
-    check_dropped(where, rep, src.max_dropped_fraction)
+    reports.check_dropped(where, rep, src.max_dropped_fraction)
     kept = tokenized.filter(
         _is_kept, input_columns="drop_reason", num_proc=num_proc, desc=f"Dropping bad {where} rows"
     )
@@ -216,14 +215,14 @@ def _prepare_row(
         "index": example["index"],
         "leading_trimmed": 0,
         "trailing_trimmed": 0,
-        "carries": sources.carried(example),
+        "carries": conversations.carried(example),
     }
     try:
         examples, conversation = masking.tokenize_example(
             example, tokenizer, stop_ids, train_on, template_kwargs
         )
         for tokens in examples:
-            masking.audit(tokens, example, tokenizer, stop_ids, template_kwargs)
+            audit.check(tokens, example, tokenizer, stop_ids, template_kwargs)
     except DropExample as drop:
         return [_dropped(base, drop.reason, drop.detail)]
     if conversation is not None:
@@ -277,197 +276,6 @@ def _dropped(base: dict, reason: str, detail: str) -> dict:
     }
 
 
-# --------------------------------------------------------------------------- the report
-
-
-def split_report(tokenized: Dataset) -> dict:
-    """Counts over a tokenized split that still has its dropped records.
-
-    rows / kept: source rows, and those with at least one kept example; examples: kept examples;
-    dropped: records per reason, with the first row and message of each (drop_first).
-    """
-    cols = tokenized.select_columns(
-        [
-            "index",
-            "drop_reason",
-            "drop_detail",
-            "num_tokens",
-            "untruncated_tokens",
-            "truncated",
-            "expansion",
-            "appended_eos",
-            "boundary_merged",
-            "leading_trimmed",
-            "trailing_trimmed",
-            "carries",
-        ]
-    ).to_dict()
-    carries = dict(zip(cols["index"], cols["carries"], strict=True))  # the same on each record of a row
-    kept = [r is None for r in cols["drop_reason"]]
-    dropped, first = Counter(), {}
-    for index, reason, detail in zip(cols["index"], cols["drop_reason"], cols["drop_detail"], strict=True):
-        if reason is not None:
-            dropped[reason] += 1
-            first.setdefault(reason, {"index": index, "detail": detail or DROP_REASONS[reason]})
-    expanded: dict[str, dict[int, list[int]]] = {}  # reason -> source row -> its examples' token counts
-    for index, is_kept, why, n in zip(
-        cols["index"], kept, cols["expansion"], cols["untruncated_tokens"], strict=True
-    ):
-        if is_kept and why:
-            expanded.setdefault(why, {}).setdefault(index, []).append(n)
-    tokens = [n for n, k in zip(cols["num_tokens"], kept, strict=True) if k]
-    seen = {}  # per source row: trimmed counts are repeated on each of its records
-    for index, lead, trail in zip(
-        cols["index"], cols["leading_trimmed"], cols["trailing_trimmed"], strict=True
-    ):
-        seen[index] = (lead, trail)
-    by_reason = {why: _expansion(rows) for why, rows in expanded.items()}
-    return {
-        "rows": len(seen),
-        "kept": len({i for i, k in zip(cols["index"], kept, strict=True) if k}),
-        "examples": sum(kept),
-        "dropped": dict(dropped.most_common()),
-        "drop_first": first,
-        "truncated": sum(t for t, k in zip(cols["truncated"], kept, strict=True) if k),
-        "trailing_user_turns_trimmed": sum(1 for _, t in seen.values() if t),
-        "leading_assistant_turns_trimmed": sum(1 for lead, _ in seen.values() if lead),
-        "expanded_conversations": sum(e["conversations"] for e in by_reason.values()),
-        "expanded_examples": sum(e["examples"] for e in by_reason.values()),
-        "expansion_extra_tokens_pct": _expansion(
-            {i: n for rows in expanded.values() for i, n in rows.items()}
-        )["extra_tokens_pct"],
-        "expanded_by": by_reason,
-        "appended_eos": sum(cols["appended_eos"]),
-        "boundary_merged": sum(cols["boundary_merged"]),
-        "tokens": sum(tokens),
-        "max_tokens": max(tokens, default=0),
-        "rows_with": {kind: sum(kind in c for c in carries.values()) for kind in sources.CARRIED},
-    }
-
-
-def _expansion(rows: dict[int, list[int]]) -> dict:
-    """Conversations, examples, and the extra tokens of training each turn alone (against the longest
-    example of each conversation, which holds the whole conversation)."""
-    tokens, longest = sum(map(sum, rows.values())), sum(max(ns) for ns in rows.values())
-    return _with_pct(
-        {
-            "conversations": len(rows),
-            "examples": sum(map(len, rows.values())),
-            "tokens": tokens,
-            "longest": longest,
-        }
-    )
-
-
-def _with_pct(e: dict) -> dict:
-    return {
-        **e,
-        "extra_tokens_pct": round(100 * (e["tokens"] / e["longest"] - 1), 1) if e["longest"] else 0.0,
-    }
-
-
-ADDED = (
-    "rows", "kept", "examples", "truncated", "trailing_user_turns_trimmed", "leading_assistant_turns_trimmed",
-    "expanded_conversations", "expanded_examples", "appended_eos", "boundary_merged", "tokens", "trained_tokens",
-)  # fmt: skip
-
-
-def merge_reports(reports: list[dict]) -> dict:
-    """One report for a mixture's split: counts added, drops merged (first row of the first source),
-    expansion costs recomputed from their token sums."""
-    out = {key: sum(r[key] for r in reports) for key in ADDED}
-    dropped, first, by_reason = Counter(), {}, {}
-    for r in reports:
-        dropped.update(r["dropped"])
-        for reason, where in r["drop_first"].items():
-            first.setdefault(reason, where)
-        for why, e in r["expanded_by"].items():
-            merged = by_reason.setdefault(
-                why, dict.fromkeys(("conversations", "examples", "tokens", "longest"), 0)
-            )
-            for key in merged:
-                merged[key] += e[key]
-    by_reason = {why: _with_pct(e) for why, e in by_reason.items()}
-    total = {key: sum(e[key] for e in by_reason.values()) for key in ("tokens", "longest")}
-    return {
-        **out,
-        "dropped": dict(dropped.most_common()),
-        "drop_first": first,
-        "expanded_by": by_reason,
-        "expansion_extra_tokens_pct": _with_pct(total)["extra_tokens_pct"],
-        "max_tokens": max(r["max_tokens"] for r in reports),
-        "rows_with": {key: sum(r["rows_with"][key] for r in reports) for key in sources.CARRIED},
-    }
-
-
-def warnings(split: str, rep: dict) -> list[str]:
-    """What a user should know about a split even when it passes the drop gate."""
-    lines = [
-        f"{split}: {n} row(s) dropped as {reason} (first: row {rep['drop_first'][reason]['index']}: "
-        f"{rep['drop_first'][reason]['detail']})"
-        for reason, n in rep["dropped"].items()
-    ]
-    for why, e in rep.get("expanded_by", {}).items():
-        lines.append(
-            f"{split}: {e['conversations']} conversations expanded into {e['examples']} examples, one per "
-            f"assistant turn, because {masking.EXPANSIONS[why]}; +{e['extra_tokens_pct']}% tokens"
-        )
-    if rep["appended_eos"]:
-        lines.append(
-            f"{split}: the template ends {rep['appended_eos']} example(s) with the answer and no stop token; "
-            "the tokenizer's EOS was appended and is trained, so the model learns to stop"
-        )
-    if rep["boundary_merged"]:
-        lines.append(
-            f"{split}: in {rep['boundary_merged']} prompt/completion row(s) one token spans the end of the prompt "
-            "and the start of the completion; it is trained as part of the completion, as TRL does (a prompt "
-            "that ends with a newline or a special token avoids it)"
-        )
-    return lines
-
-
-def check_dropped(split: str, rep: dict, max_fraction: float) -> None:
-    n_dropped = rep["rows"] - rep["kept"]
-    if n_dropped == 0 or (rep["kept"] and n_dropped / rep["rows"] <= max_fraction):
-        return
-    reasons = "; ".join(
-        f"{r} {n} (first: row {rep['drop_first'][r]['index']}: {rep['drop_first'][r]['detail']})"
-        for r, n in rep["dropped"].items()
-    )
-    fix = (
-        "fix the data (see `sftlib masks` for the kept rows' indices), or raise dataset.max_dropped_fraction."
-    )
-    if "audit_failed" in rep["dropped"]:
-        fix = (
-            "this is a masking bug for this tokenizer and chat template: please report it with the template "
-            "and the first row above. " + fix
-        )
-    if "not_rendered" in rep["dropped"]:
-        fix = (
-            "choose a chat template that renders the field (model.chat_template), train only turns it renders "
-            "(dataset.train_on), or " + fix
-        )
-    if "all_trained_tokens_truncated" in rep["dropped"]:
-        fix = "raise model.max_seq_length, " + fix
-    limit = "leaving none" if not rep["kept"] else f"more than dataset.max_dropped_fraction={max_fraction}"
-    raise SftlibError(
-        f"{n_dropped} of {rep['rows']} {split} rows would be dropped ({n_dropped / rep['rows']:.0%}, {limit}): {reasons}.",
-        fix,
-    )
-
-
-def summary_line(rep: dict) -> str:
-    dropped = ", ".join(f"{r} {n}" for r, n in rep["dropped"].items()) or "none"
-    line = (
-        f"{rep['kept']}/{rep['rows']} rows kept as {rep['examples']} examples; dropped: {dropped}; "
-        f"truncated: {rep['truncated']}; trimmed: {rep['trailing_user_turns_trimmed']} trailing user, "
-        f"{rep['leading_assistant_turns_trimmed']} leading assistant"
-    )
-    if rep["expanded_conversations"]:
-        line += f"; expanded: {rep['expanded_conversations']} conversations"
-    return line
-
-
 def check_invariants(ds: Dataset, tokenizer) -> dict:
     """Label properties over a tokenized split; SftlibError on any failure.
 
@@ -511,7 +319,7 @@ def source_rows(cfg: RunConfig, split: str = "train"):
     norms = []
     for src in cfg.sources:
         raw = sources.load_raw(src, seed=cfg.seed)
-        fmt = sources.resolve_format(raw["train"], src.format)[0]
+        fmt = formats.resolve_format(raw["train"], src.format)[0]
         norms.append(sources.normalize(raw[split], fmt, cfg.dataset_num_proc) if split in raw else None)
     positions = [{i: k for k, i in enumerate(n["index"])} if n is not None else {} for n in norms]
 

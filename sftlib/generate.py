@@ -106,14 +106,14 @@ def prompts_for(cfg: RunConfig, limit: int | None = None, own: list[str] | None 
     that answers in text is asked, and a conversation without one is skipped. Own prompts are
     rendered with the (first) source's dataset.chat_template_kwargs.
     """
-    from sftlib import sources
+    from sftlib import formats, sources
 
     if own:
         return own_prompts(own, cfg.sources[0].chat_template_kwargs)
     loaded = []
     for src in cfg.sources:
         raw = sources.load_raw(src, seed=cfg.seed)
-        fmt, _ = sources.resolve_format(raw["train"], src.format)
+        fmt, _ = formats.resolve_format(raw["train"], src.format)
         if fmt != "text":
             loaded.append((src, raw, fmt))
     if not loaded:
@@ -175,20 +175,20 @@ def trained_template_kwargs(model: str, adapter: str | None = None, given: str |
 
 def _asked(norm, template_kwargs: dict | None, limit: int | None) -> list[tuple]:
     """(prompt, reference, context) for the first `limit` askable rows of a normalized split."""
-    from sftlib import chat, masking, sources
+    from sftlib import chat, conversations, masking
 
     out = []
     for example in norm:
         if limit is not None and len(out) >= limit:
             break
-        if not sources.is_chat(example):
+        if not conversations.is_chat(example):
             if isinstance(example.get("prompt"), str) and isinstance(example.get("completion"), str):
                 out.append((example["prompt"], example["completion"], None))
             continue
         try:
-            conversation = sources.conversation(example)
+            conversation = conversations.conversation(example)
             context = masking.template_context(example, template_kwargs)
-        except sources.DropExample:
+        except conversations.DropExample:
             continue
         messages = conversation.messages
         answered = [
@@ -211,7 +211,7 @@ def _prompt_texts(tokenizer, prompts, contexts=None) -> tuple[list[str], bool]:
     strings: the chat template already wrote them).
     """
     from sftlib import masking
-    from sftlib.sources import DropExample
+    from sftlib.conversations import DropExample
 
     if all(isinstance(p, str) for p in prompts):
         return list(prompts), True

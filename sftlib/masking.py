@@ -39,11 +39,11 @@ import dataclasses
 import json
 import os
 
-from sftlib import chat, sources
+from sftlib import chat, completions, conversations
+from sftlib.conversations import DropExample
 from sftlib.errors import SftlibError
-from sftlib.sources import DropExample
 
-IGNORE = -100
+IGNORE = completions.IGNORE
 
 # Why a conversation became one example per turn (Tokens.expansion; dataset reports each).
 RENDERS_HISTORY = "renders"
@@ -88,7 +88,7 @@ class Tokens:
 
 def tokenize_example(
     example: dict, tokenizer, stop_ids=None, train_on: str = "all_assistant", template_kwargs=None
-) -> tuple[list[Tokens], sources.Conversation | None]:
+) -> tuple[list[Tokens], conversations.Conversation | None]:
     """A normalized example (sftlib.sources) -> ([Tokens, ...], the cleaned conversation or None).
 
     `stop_ids`: the model's stop token ids (default: the tokenizer's EOS). `template_kwargs`: the
@@ -97,16 +97,20 @@ def tokenize_example(
     the module docstring). Raises DropExample.
     """
     stop_ids = frozenset(stop_ids or [tokenizer.eos_token_id])
-    if sources.is_chat(example):
-        conversation = sources.conversation(example)
+    if conversations.is_chat(example):
+        conversation = conversations.conversation(example)
         turns = trained_turns(conversation, train_on)
         context = template_context(example, template_kwargs)
         examples = chat_tokens(conversation.messages, turns, tokenizer, stop_ids, train_on, context)
         return examples, conversation
     if "prompt" in example:
-        return [prompt_completion_tokens(example["prompt"], example["completion"], tokenizer)], None
+        ids, labels, merged = completions.prompt_completion_tokens(
+            example["prompt"], example["completion"], tokenizer
+        )
+        return [Tokens(ids, labels, [], boundary_merged=merged)], None
     if "text" in example:
-        return [text_tokens(example["text"], tokenizer)], None
+        ids, labels = completions.text_tokens(example["text"], tokenizer)
+        return [Tokens(ids, labels, [])], None
     raise SftlibError(
         f"example has none of the canonical columns (messages, prompt/completion, text): {list(example)}."
     )
@@ -127,7 +131,7 @@ def template_context(example: dict, template_kwargs: dict | None = None) -> dict
     return {"tools": tools, **(template_kwargs or {}), **row_kwargs}
 
 
-def trained_turns(conversation: sources.Conversation, train_on: str) -> list[int]:
+def trained_turns(conversation: conversations.Conversation, train_on: str) -> list[int]:
     turns = [
         i
         for i, m in enumerate(conversation.messages)
@@ -373,48 +377,6 @@ def _around(text: str, pos: int, width: int = 40) -> str:
     return repr(f"...{text[max(0, pos - width) : pos]}⟨here⟩{text[pos : pos + width]}...")
 
 
-# --------------------------------------------------------------------------- strings
-
-
-def _eos(tokenizer) -> str:
-    if not tokenizer.eos_token:
-        raise SftlibError(
-            "the tokenizer has no eos_token, so a completion can't be ended.", "use a tokenizer with one."
-        )
-    return tokenizer.eos_token
-
-
-def prompt_completion_tokens(prompt, completion, tokenizer) -> Tokens:
-    """As trl.SFTTrainer does: the completion starts where the tokenized prompt and prompt+completion+eos
-    diverge. When a token spans the boundary, it is part of the completion (`boundary_merged`)."""
-    from trl.data_utils import common_prefix_length
-
-    if not isinstance(prompt, str) or not isinstance(completion, str):
-        raise DropExample("non_string_content")
-    if not completion.strip():
-        raise DropExample("empty_completion")
-    eos = _eos(tokenizer)
-    completion = completion if completion.endswith(eos) else completion + eos
-    prompt_ids = tokenizer(text=prompt)["input_ids"]
-    ids = tokenizer(text=prompt + completion)["input_ids"]
-    n = common_prefix_length(prompt_ids, ids)
-    return Tokens(ids, [IGNORE] * n + ids[n:], [], boundary_merged=n < len(prompt_ids))
-
-
-def text_tokens(text, tokenizer) -> Tokens:
-    """Language modeling, as trl.SFTTrainer does: text + eos, every token trained."""
-    if not isinstance(text, str):
-        raise DropExample("non_string_content")
-    if not text.strip():
-        raise DropExample("empty_text")
-    eos = _eos(tokenizer)
-    ids = tokenizer(text=text if text.endswith(eos) else text + eos)["input_ids"]
-    return Tokens(ids, list(ids), [])
-
-
-# --------------------------------------------------------------------------- the audit
-
-
 def trained_runs(labels: list[int]) -> list[tuple[int, int]]:
     """[(start, end)] of each maximal run of trained positions."""
     runs, start = [], None
@@ -425,78 +387,3 @@ def trained_runs(labels: list[int]) -> list[tuple[int, int]]:
             runs.append((start, k))
             start = None
     return runs
-
-
-def audit(tokens: Tokens, example: dict, tokenizer, stop_ids=None, template_kwargs=None) -> None:
-    """Check where the trained tokens sit, not only what they decode to; DropExample("audit_failed") on
-    a mismatch, so one row the audit can't accept is a counted drop, never the end of a run.
-
-    Conversation: each trained run is one trained turn; the tokens before it are the turn's prompt
-    tokenized alone (as at inference, so the run sits exactly where generation starts), the run ends
-    with its first stop token, decodes to the text the template renders there, and holds the turn's
-    answer. Prompt/completion: one run that ends the text and holds the completion + eos. Text:
-    everything + eos. Texts are compared as they are, then in the tokenizer's own terms (decoded
-    after encoding: Qwen's tokenizers normalize to NFC). Run on untruncated tokens. The turns'
-    renderings come with `tokens` when masking made them, and are rendered again otherwise.
-    """
-    ids, labels = tokens.input_ids, tokens.labels
-    stop_ids = frozenset(stop_ids or [tokenizer.eos_token_id])
-
-    def decode(a, b):
-        return tokenizer.decode(ids[a:b], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-    def holds(check, *texts) -> bool:  # check(texts) as written, or as the tokenizer reads them
-        return check(*texts) or check(*(_as_tokenized(tokenizer, t) for t in texts))
-
-    runs = trained_runs(labels)
-    if sources.is_chat(example):
-        messages = sources.conversation(example).messages
-        problem = (
-            None
-            if len(runs) == len(tokens.turns)
-            else f"{len(runs)} trained runs for {len(tokens.turns)} turns"
-        )
-        rendered = {t.message: t for t in tokens.rendered}
-        context = template_context(example, template_kwargs)
-        for (a, b), i in zip(runs, tokens.turns, strict=False):
-            if problem:
-                break
-            turn = rendered.get(i) or generation_turn(messages, i, tokenizer, context)
-            body, run = decode(a, b - 1), decode(a, b)
-            if tuple(ids[:a]) != turn.prompt_ids:
-                problem = (
-                    f"turn {i}: the trained run does not start where the model's generation starts (the "
-                    "tokens before it are not the prompt tokenized alone, as at inference)"
-                )
-            elif ids[b - 1] not in stop_ids or any(t in stop_ids for t in ids[a : b - 1]):
-                problem = f"turn {i}: the trained run does not end with its first stop token"
-            elif not holds(
-                lambda g, run=run, body=body: g.startswith(run) or body == g, turn.text[turn.start :]
-            ):
-                problem = f"turn {i}: the trained run {run!r} is not the text the template renders there"
-            elif not holds(lambda answer, run=run: answer in run, turn.answer):
-                problem = f"turn {i}: the trained run {run!r} does not hold the answer {turn.answer!r}"
-    else:
-        eos = tokenizer.eos_token
-        body = example.get("completion", example.get("text"))
-        body = body if body.endswith(eos) else body + eos
-        full = (example.get("prompt") or "") + body
-        decoded = [decode(a, b) for a, b in runs]
-
-        def ok(full, body):
-            fits = len(decoded) == 1 and full.endswith(decoded[0]) and len(decoded[0]) >= len(body)
-            return fits and (decoded[0] == body if "text" in example else True)
-
-        problem = (
-            None
-            if holds(ok, full, body)
-            else f"trained tokens decode to {decoded!r}, expected {body!r} at the end"
-        )
-    if problem:
-        raise DropExample("audit_failed", f"example {example.get('index', '?')}: {problem}")
-
-
-def _as_tokenized(tokenizer, text: str) -> str:
-    """`text` as the tokenizer reads it: encoded and decoded (its normalizer applied)."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)

@@ -11,13 +11,12 @@ example's row in its source split, so that every tokenized example can be traced
 
 A message keeps every key the template may read (`tool_calls`, `tool_call_id`, `name`,
 `reasoning_content`, `thinking`, ...), stored as JSON so rows of different shapes share a column.
-Normalization only reshapes. `conversation` checks a conversation's roles, order and tool calls when
-it is tokenized, where a bad row becomes a counted drop reason (`DropExample`) instead of a crash.
+Normalization only reshapes; sftlib.conversations checks a conversation's roles, order and tool calls
+when it is tokenized, where a bad row becomes a counted drop reason instead of a crash.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import json
 import logging
@@ -27,13 +26,12 @@ from typing import Any
 import datasets
 from datasets import Dataset, DatasetDict, Features, Json, Value
 
-from sftlib import chat, label_cache
+from sftlib import chat, formats, label_cache
 from sftlib.config import DatasetConfig
 from sftlib.errors import SftlibError
 
 logger = logging.getLogger("sftlib")
 
-FORMATS = ("prompt_completion", "alpaca", "messages", "sharegpt", "text")
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 SHAREGPT_ROLES = {
     "human": "user",
@@ -49,10 +47,6 @@ SHAREGPT_ROLES = {
 FUNCTION_CALL = "function_call"  # glaive / LLaMA-Factory: an assistant turn that calls tools (JSON value)
 # Row-level columns a chat template reads, kept beside the messages (TRL passes them the same way).
 TEMPLATE_COLUMNS = ("tools", "chat_template_kwargs")
-ACCEPTED = (
-    "prompt_completion (prompt, completion), alpaca (instruction, input, output), "
-    "messages (messages: [{role, content}]), sharegpt (conversations: [{from, value}]), text (text)"
-)
 
 
 # --------------------------------------------------------------------------- loading
@@ -226,68 +220,6 @@ def _with_index(ds: Dataset) -> Dataset:
     return ds.add_column("index", list(range(len(ds))))
 
 
-# --------------------------------------------------------------------------- formats
-
-
-def resolve_format(ds: Dataset, fmt: str) -> tuple[str, str]:
-    """(format, why): `fmt` checked against the columns, or detected when it is "auto"."""
-    if fmt == "auto":
-        return detect_format(ds)
-    check_columns(ds, fmt)
-    return fmt, "set by dataset.format"
-
-
-def detect_format(ds: Dataset) -> tuple[str, str]:
-    """(format, one-line reason), from the column names and the first row."""
-    cols = ds.column_names
-    first = ds[0] if len(ds) else {}
-    for col in ("messages", "conversations"):
-        if col in cols:
-            turn = _first_turn(first.get(col))
-            if isinstance(turn, dict) and "from" in turn:
-                return "sharegpt", f"column `{col}` holds turns with `from`/`value` keys (ShareGPT)"
-            return "messages", f"column `{col}` holds turns with `role`/`content` keys (OpenAI messages)"
-    if "prompt" in cols and "completion" in cols:
-        kind = "message lists" if isinstance(first.get("prompt"), list) else "strings"
-        return "prompt_completion", f"columns `prompt` and `completion` hold {kind}"
-    if "instruction" in cols and "output" in cols:
-        return "alpaca", "columns `instruction` and `output` (Alpaca)"
-    if "text" in cols:
-        return "text", "column `text` (plain language modeling: every token is trained)"
-    raise SftlibError(
-        f"cannot tell the dataset's format from its columns: {', '.join(cols)}.",
-        f"rename columns with dataset.columns (e.g. {{prompt: question, completion: answer}}); accepted: {ACCEPTED}.",
-    )
-
-
-def _first_turn(turns: Any) -> Any:
-    return turns[0] if isinstance(turns, list) and turns else None
-
-
-REQUIRED = {
-    "prompt_completion": ("prompt", "completion"),
-    "alpaca": ("instruction", "output"),
-    "messages": ("messages",),
-    "sharegpt": ("conversations",),
-    "text": ("text",),
-}
-
-
-def check_columns(ds: Dataset, fmt: str) -> None:
-    if fmt not in REQUIRED:
-        raise SftlibError(f"unknown dataset format {fmt!r}.", f"use auto or one of: {', '.join(FORMATS)}.")
-    cols = ds.column_names
-    needed = REQUIRED[fmt]
-    if fmt in ("messages", "sharegpt") and ("messages" in cols or "conversations" in cols):
-        return
-    missing = [c for c in needed if c not in cols]
-    if missing:
-        raise SftlibError(
-            f"format {fmt} needs column(s) {', '.join(missing)}; the dataset has: {', '.join(cols)}.",
-            f"map them with dataset.columns, or pick the right dataset.format; accepted: {ACCEPTED}.",
-        )
-
-
 def normalize(ds: Dataset, fmt: str, num_proc: int | None = None) -> Dataset:
     """Reshape `ds` (in format `fmt`) to canonical columns plus `index` (see the module docstring).
 
@@ -295,7 +227,7 @@ def normalize(ds: Dataset, fmt: str, num_proc: int | None = None) -> Dataset:
     that is not a string becomes None, which tokenization reports as `non_string_content` /
     `unknown_role`.
     """
-    check_columns(ds, fmt)
+    formats.check_columns(ds, fmt)
     if "index" not in ds.column_names:  # a Dataset built by hand rather than by load_raw
         ds = _with_index(ds)
     # Explicit features: a batch whose contents are all None must not fix the column type to null.
@@ -405,129 +337,3 @@ def _messages(turns: Any) -> list[dict]:
 
 def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
-
-
-def is_chat(example: dict) -> bool:
-    """Whether a normalized example is a conversation (needs a chat template)."""
-    return "messages" in example or isinstance(example.get("prompt"), list)
-
-
-CARRIED = ("tools", "tool_calls", "tool_results", "reasoning")
-
-
-def carried(example: dict) -> list[str]:
-    """Which of CARRIED a normalized example holds: a `tools` list, an assistant turn with tool
-    calls, a tool result (a tool/ipython/function turn), an assistant turn's reasoning field."""
-    turns = [t for key in ("messages", "prompt", "completion") for t in _turns(example.get(key))]
-    found = {
-        "tools": bool(example.get("tools")),
-        "tool_calls": any(t.get("tool_calls") for t in turns),
-        "tool_results": any(t.get("role") in chat.TOOL_ROLES for t in turns),
-        "reasoning": any(t.get("role") == chat.TRAINED_ROLE and chat.reasoning(t) for t in turns),
-    }
-    return [kind for kind in CARRIED if found[kind]]
-
-
-def _turns(value: Any) -> list[dict]:
-    return [t for t in value if isinstance(t, dict)] if isinstance(value, list) else []
-
-
-# --------------------------------------------------------------------------- rows that can't be trained
-
-ROLES = chat.ROLES
-
-# Every way an example can be dropped. Nothing is dropped without one of these in the report.
-DROP_REASONS = {
-    "empty_text": "text is empty or whitespace",
-    "empty_completion": "the completion is empty, or has no assistant turn",
-    "empty_conversation": "no messages",
-    "empty_assistant_turn": "an assistant turn is empty or whitespace and calls no tool",
-    "non_string_content": "a prompt, completion, text or message content is not a string (null, number, list)",
-    "unknown_role": "a role other than system/user/assistant/tool/ipython/function (ShareGPT: system/human/gpt/"
-    "function_call/observation)",
-    "bad_tool_call": "a tool call without a function name, or with arguments that are not a JSON object",
-    "misplaced_system": "a system message that is not the first message",
-    "repeated_role": "two consecutive messages with the same role (other than tool results)",
-    "no_assistant_turn": "no assistant turn (after trimming leading assistant and trailing user turns)",
-    "template_error": "the chat template raised an error on this row (e.g. a system message it does not support)",
-    "history_changes": "the template renders the turn's own history differently once it is answered",
-    "no_stop_token": "an assistant turn is not followed by any of the model's stop tokens",
-    "not_rendered": "the chat template leaves out a field of the row (reasoning, tool calls, tool results, tools)",
-    "audit_failed": "the mask audit could not confirm the row's labels (a masking bug if it is more than a few rows)",
-    "all_trained_tokens_truncated": "max_seq_length cuts off every trained token",
-}
-
-
-class DropExample(Exception):
-    """An example that can't be trained on; `reason` is a key of DROP_REASONS, `detail` says where."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        assert reason in DROP_REASONS, reason
-        self.reason, self.detail = reason, detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-
-
-@dataclasses.dataclass(frozen=True)
-class Conversation:
-    """A checked conversation: `first_trainable` is the first message that may be trained (prompt/completion:
-    the first completion message); `leading` / `trailing` count the assistant turns trimmed from the start
-    (nothing prompted them) and the user turns trimmed from the end (nothing answers them)."""
-
-    messages: list[dict]
-    first_trainable: int = 0
-    leading: int = 0
-    trailing: int = 0
-
-
-def conversation(example: dict) -> Conversation:
-    """The example's messages, checked and trimmed; raises DropExample."""
-    if "messages" in example:
-        messages, first = list(example["messages"] or []), 0
-    else:
-        prompt, completion = example["prompt"] or [], example["completion"] or []
-        if not completion:
-            raise DropExample("empty_completion")
-        messages, first = list(prompt) + list(completion), len(prompt)
-    if not messages:
-        raise DropExample("empty_conversation")
-    messages = [_checked(m) for m in messages]
-    system = 1 if messages[0]["role"] == "system" else 0
-    leading = 0
-    while first == 0 and len(messages) > system and messages[system]["role"] == "assistant":
-        messages = messages[:system] + messages[system + 1 :]  # scraped dumps often open with the bot
-        leading += 1
-    trailing = 0
-    while messages and messages[-1]["role"] != "assistant" and len(messages) > first:
-        if messages[-1]["role"] == "system":
-            break
-        messages, trailing = messages[:-1], trailing + 1  # user turns or tool results nothing answers
-    roles = [m["role"] for m in messages]
-    if "system" in roles[1:]:
-        raise DropExample("misplaced_system")
-    if "assistant" not in roles[first:]:
-        raise DropExample("empty_completion" if first else "no_assistant_turn")
-    if any(a == b and a not in chat.TOOL_ROLES for a, b in zip(roles, roles[1:], strict=False)):
-        raise DropExample("repeated_role")
-    if any(
-        m["role"] == "assistant" and not m["content"].strip() and not m.get("tool_calls")
-        for m in messages[first:]
-    ):
-        raise DropExample("empty_completion" if first else "empty_assistant_turn")
-    return Conversation(messages, first, leading, trailing)
-
-
-def _checked(message: dict) -> dict:
-    """A message with a known role and string content, its tool calls in the templates' shape."""
-    if not isinstance(message.get("content"), str):
-        raise DropExample("non_string_content")
-    if message.get("role") not in ROLES:
-        raise DropExample("unknown_role", f"role {message.get('role')!r}")
-    calls = message.get("tool_calls")
-    if calls is None:
-        return message
-    if message["role"] != "assistant" or not isinstance(calls, list):
-        raise DropExample("bad_tool_call", f"tool_calls on a {message['role']} message, or not a list")
-    try:
-        return {**message, "tool_calls": [chat.tool_call(c) for c in calls]}
-    except chat.BadToolCall as exc:
-        raise DropExample("bad_tool_call", str(exc)) from None

@@ -171,7 +171,7 @@ class Cases:
 
 def held_out_cases(cfg, limit: int | None = None) -> Cases:
     """The held-out rows of every source with an eval split that carry tools, as loop Cases."""
-    from sftlib import masking, sources
+    from sftlib import conversations, formats, masking, sources
     from sftlib.errors import SftlibError
 
     cases = Cases([], [], [], [])
@@ -179,13 +179,13 @@ def held_out_cases(cfg, limit: int | None = None) -> Cases:
         raw = sources.load_raw(src, seed=cfg.seed)
         if "eval" not in raw:
             continue
-        for example in sources.normalize(raw["eval"], sources.resolve_format(raw["train"], src.format)[0]):
+        for example in sources.normalize(raw["eval"], formats.resolve_format(raw["train"], src.format)[0]):
             if limit is not None and len(cases.prompts) >= limit:
                 break
             try:
-                messages = sources.conversation(example).messages
+                messages = conversations.conversation(example).messages
                 context = masking.template_context(example, src.chat_template_kwargs)
-            except sources.DropExample:
+            except conversations.DropExample:
                 continue
             if not context["tools"]:
                 continue

@@ -49,7 +49,7 @@ def render_view(view: list[tuple[str, bool, bool]]) -> str:
 
 def format_report(prepared, cfg, tokenizer) -> str:
     """The text `sftlib check` prints: format, per-split counts and warnings, and the first example's mask."""
-    from sftlib import dataset
+    from sftlib import reports
 
     lines = [f"dataset: {cfg.dataset_label}", f"format: {prepared.format} ({prepared.format_reason})"]
     for source in prepared.sources:  # a mixture: each source's own figures
@@ -57,13 +57,13 @@ def format_report(prepared, cfg, tokenizer) -> str:
             if split in source:
                 rep = source[split]
                 lines.append(
-                    f"  {source['name']} {split}: {dataset.summary_line(rep)}; {rep['tokens']} tokens, "
+                    f"  {source['name']} {split}: {reports.summary_line(rep)}; {rep['tokens']} tokens, "
                     f"{rep['trained_tokens']} trained; {rep['share_of_examples']:.1%} of the mixture's examples"
                 )
     for split, rep in prepared.report.items():
-        lines.append(f"{split}: {dataset.summary_line(rep)}")
+        lines.append(f"{split}: {reports.summary_line(rep)}")
         lines.append(f"{split} rows with {carried_line(rep)}")
-        lines += [f"  warning: {w}" for w in dataset.warnings(split, rep)]
+        lines += [f"  warning: {w}" for w in reports.warnings(split, rep)]
     for split, part in (("train", prepared.train), ("eval", prepared.eval)):
         if part is not None and len(part):
             lines += length_lines(split, part)
@@ -76,7 +76,7 @@ def format_report(prepared, cfg, tokenizer) -> str:
 
 
 def carried_line(rep: dict) -> str:
-    """How many rows carry tool schemas, tool calls, tool results and reasoning (dataset.split_report)."""
+    """How many rows carry tool schemas, tool calls, tool results and reasoning (reports.split_report)."""
     return ", ".join(f"{key.replace('_', ' ')}: {n}" for key, n in rep["rows_with"].items())
 
 
@@ -225,7 +225,7 @@ def table_html(rows: list[dict], columns: list[str] | None = None) -> str:
 
 def drop_rows(report: dict) -> list[dict]:
     """One row per split and outcome (kept, expanded, truncated, each drop reason) with its count and meaning."""
-    from sftlib.sources import DROP_REASONS
+    from sftlib.conversations import DROP_REASONS
 
     rows = []
     for split, rep in report.items():

@@ -36,7 +36,7 @@ from test_chat_templates import (
 )
 
 from sftlib import chat, masking, sources
-from sftlib.sources import DropExample
+from sftlib.conversations import DropExample
 
 SYSTEM = "You are a concise weather assistant."
 WEATHER = {

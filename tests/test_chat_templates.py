@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from sftlib import masking
-from sftlib.sources import DropExample
+from sftlib import audit, masking
+from sftlib.conversations import DropExample
 
 TEMPLATES = Path(__import__("trl").__file__).parent / "chat_templates"
 PAIRS = sorted(p.name.removesuffix("_training.jinja") for p in TEMPLATES.glob("*_training.jinja"))
@@ -131,7 +131,7 @@ def ours_by_turn(name, messages, tokenizers, row=None, template_kwargs=None):
     examples, conversation = masking.tokenize_example(example, tok, stop_ids, template_kwargs=template_kwargs)
     out = {}
     for tokens in examples:
-        masking.audit(tokens, example, tok, stop_ids, template_kwargs=template_kwargs)
+        audit.check(tokens, example, tok, stop_ids, template_kwargs=template_kwargs)
         runs = masking.trained_runs(tokens.labels)
         assert len(runs) == len(tokens.turns)
         for (a, b), turn in zip(runs, tokens.turns, strict=True):
@@ -310,4 +310,4 @@ def test_audit_rejects_a_span_found_by_searching_for_the_answer_text(tokenizers)
     wrong = masking.Tokens(ids, [-100] * k + ids[k:], [1])
     assert masking.trained_runs(wrong.labels) != masking.trained_runs(tokens.labels)
     with pytest.raises(DropExample, match="does not start where the model's generation starts"):
-        masking.audit(wrong, example, tok, stop_ids)
+        audit.check(wrong, example, tok, stop_ids)

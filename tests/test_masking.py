@@ -11,7 +11,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from sftlib import dataset, label_cache, masking, modeling, sources, views
+from sftlib import audit, conversations, dataset, label_cache, masking, modeling, reports, sources, views
 from sftlib.config import DatasetConfig, ModelConfig, RunConfig
 from sftlib.errors import SftlibError
 
@@ -60,7 +60,7 @@ def trained_texts(tokenizer, row):
 def one(example, tokenizer):
     """The single example `tokenize_example` makes of a conversation that needs no expansion, audited."""
     (tokens,), _ = masking.tokenize_example({"index": 0, **example}, tokenizer)
-    masking.audit(tokens, {"index": 0, **example}, tokenizer)
+    audit.check(tokens, {"index": 0, **example}, tokenizer)
     return tokens
 
 
@@ -106,7 +106,7 @@ def test_every_assistant_turn_decodes_back_to_its_content_and_im_end(fixture, to
     raw = sources.load_raw(DatasetConfig(name=str(FIXTURES / fixture)))["train"]
     norm = sources.normalize(raw, prepared.format)
     for row in prepared.train:
-        conversation = sources.conversation(norm[row["index"]])
+        conversation = conversations.conversation(norm[row["index"]])
         expected = [
             m["content"] + "<|im_end|>"
             for m in conversation.messages[conversation.first_trainable :]
@@ -186,7 +186,7 @@ def test_chat_input_ids_equal_apply_chat_template_ids(tokenizer):
 
 
 def test_text_trains_every_token_and_ends_with_eos(tokenizer):
-    out = masking.text_tokens("Hello world.", tokenizer)
+    (out,), _ = masking.tokenize_example({"text": "Hello world.", "index": 0}, tokenizer)
     assert out.labels == out.input_ids
     assert out.input_ids[-1] == tokenizer.eos_token_id
 
@@ -304,7 +304,7 @@ def test_template_that_renders_history_differently_is_expanded_one_example_per_t
         "<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\nb<|im_end|>"
     )
     for e in examples:
-        masking.audit(e, example, tok)
+        audit.check(e, example, tok)
     # Under last_assistant only the last turn is trained, and it sits in place: no expansion.
     (last,), _ = masking.tokenize_example(example, tok, train_on="last_assistant")
     assert not last.expanded and trained_texts(tok, last) == ["d (final)<|im_end|>"]
@@ -321,7 +321,7 @@ def test_expansion_is_reported_with_its_token_cost(tokenizer, tmp_path):
     assert (rep["rows"], rep["kept"], rep["examples"]) == (3, 3, 9)
     assert (rep["expanded_conversations"], rep["expanded_examples"]) == (3, 9)
     assert rep["expansion_extra_tokens_pct"] > 50
-    assert any("3 conversations expanded into 9 examples" in w for w in dataset.warnings("train", rep))
+    assert any("3 conversations expanded into 9 examples" in w for w in reports.warnings("train", rep))
     assert list(prepared.train["turn"]) == [1, 3, 5] * 3  # the message index of each trained turn
 
 
@@ -343,7 +343,7 @@ def test_end_of_turn_marker_that_is_not_a_stop_token_is_named(tokenizer):
         "{% for m in messages %}{{ m.role }}: {{ m.content }}<|eot_id|>\n{% endfor %}"
         "{% if add_generation_prompt %}assistant: {% endif %}",
     )
-    with pytest.raises(sources.DropExample) as drop:
+    with pytest.raises(conversations.DropExample) as drop:
         masking.tokenize_example({"messages": chat("u a", "a b")}, tok)
     assert drop.value.reason == "no_stop_token"
     assert (
@@ -412,15 +412,15 @@ def test_audit_rejects_a_wrong_mask(tokenizer):
     out = one(example, tokenizer)
     everything = masking.Tokens(out.input_ids, list(out.input_ids), out.turns)
     with pytest.raises(
-        sources.DropExample, match="audit_failed: example 3: turn 1: the trained run does not start"
+        conversations.DropExample, match="audit_failed: example 3: turn 1: the trained run does not start"
     ):
-        masking.audit(everything, example, tokenizer)
+        audit.check(everything, example, tokenizer)
     shifted = masking.Tokens(out.input_ids, [-100] + out.labels[:-1], out.turns)  # trains "\n" not "H"
-    with pytest.raises(sources.DropExample, match="does not start where the model's generation starts"):
-        masking.audit(shifted, example, tokenizer)
+    with pytest.raises(conversations.DropExample, match="does not start where the model's generation starts"):
+        audit.check(shifted, example, tokenizer)
     no_stop = masking.Tokens(out.input_ids, out.labels[:-2] + [-100, -100], out.turns)
-    with pytest.raises(sources.DropExample, match="does not end with its first stop token"):
-        masking.audit(no_stop, example, tokenizer)
+    with pytest.raises(conversations.DropExample, match="does not end with its first stop token"):
+        audit.check(no_stop, example, tokenizer)
 
 
 # --------------------------------------------------------------------------- bad input, truncation

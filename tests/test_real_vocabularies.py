@@ -15,7 +15,7 @@ import pytest
 import vocabularies
 from test_chat_templates import CONVERSATIONS, TEMPLATES, chat, check_against_trl, ours_by_turn
 
-from sftlib import dataset, masking
+from sftlib import audit, masking, reports
 
 BOUNDARIES = {
     "whitespace_at_the_edges": chat("u  Capital of France? ", "a   Paris.  ", "u And Italy?", "a Rome. "),
@@ -96,7 +96,7 @@ def test_qwen3_8_later_turns_see_their_prompt_tokens_and_the_expansion_is_report
             masking.TOKENIZES_HISTORY: {"conversations": 1, "examples": 3, "extra_tokens_pct": 50.0}
         }
     }
-    (line,) = dataset.warnings("train", {"dropped": {}, "appended_eos": 0, "boundary_merged": 0, **rep})
+    (line,) = reports.warnings("train", {"dropped": {}, "appended_eos": 0, "boundary_merged": 0, **rep})
     assert "because a turn's tokens merge differently in history" in line
 
 
@@ -109,7 +109,7 @@ def test_a_decomposed_unicode_row_trains_under_every_qwen_template(real_tokenize
             example = {"messages": CASES[case], "index": 35}
             examples, _ = masking.tokenize_example(example, tok, stop_ids)
             for tokens in examples:
-                masking.audit(tokens, example, tok, stop_ids)  # a DropExample would fail the test
+                audit.check(tokens, example, tok, stop_ids)  # a DropExample would fail the test
             trained = "".join(
                 tok.decode(e.input_ids[a:b]) for e in examples for a, b in masking.trained_runs(e.labels)
             )

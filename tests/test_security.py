@@ -92,9 +92,9 @@ def test_no_module_uses_an_unsafe_yaml_loader_or_unpickles():
 
 
 def test_the_config_yaml_loader_is_a_safe_loader_that_reads_scientific_floats():
-    from sftlib.config import _Loader, parse_yaml
+    from sftlib.config_values import Loader, parse_yaml
 
-    assert issubclass(_Loader, yaml.SafeLoader)
+    assert issubclass(Loader, yaml.SafeLoader)
     assert parse_yaml("lr: 1e-4\nsteps: 3\nname: 1e4x") == {"lr": 1e-4, "steps": 3, "name": "1e4x"}
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from sftlib import sources
+from sftlib import formats, sources
 from sftlib.config import DatasetConfig
 from sftlib.errors import SftlibError
 
@@ -40,7 +40,7 @@ def load(name, **kwargs):
 )
 def test_each_fixture_format_is_detected_with_a_reason(fixture, fmt):
     train = load(fixture)["train"]
-    detected, reason = sources.detect_format(train)
+    detected, reason = formats.detect_format(train)
     assert detected == fmt
     assert reason and "\n" not in reason
     assert train["index"] == list(range(len(train)))
@@ -48,14 +48,14 @@ def test_each_fixture_format_is_detected_with_a_reason(fixture, fmt):
 
 def test_unknown_columns_raise_listing_columns_and_accepted_formats():
     with pytest.raises(SftlibError) as err:
-        sources.detect_format(load("unknown_columns.jsonl")["train"])
+        formats.detect_format(load("unknown_columns.jsonl")["train"])
     assert "question, answer" in err.value.message
     assert "alpaca" in err.value.fix and "sharegpt" in err.value.fix
 
 
 def test_columns_mapping_renames_source_columns_to_canonical_names():
     train = load("unknown_columns.jsonl", columns={"prompt": "question", "completion": "answer"})["train"]
-    assert sources.detect_format(train)[0] == "prompt_completion"
+    assert formats.detect_format(train)[0] == "prompt_completion"
     assert train[0]["prompt"] == "2 + 2?"
 
 
@@ -95,7 +95,7 @@ def test_parquet_file_loads(tmp_path):
     path = tmp_path / "messages.parquet"
     load("messages.jsonl")["train"].remove_columns("index").to_parquet(str(path))
     train = load(str(path))["train"]
-    assert sources.detect_format(train)[0] == "messages"
+    assert formats.detect_format(train)[0] == "messages"
     assert len(train) == 3
 
 
