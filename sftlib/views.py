@@ -359,7 +359,10 @@ def turn_by_turn_html(ds, tokenizer, source=None) -> str:
     example training several turns. Empty when every example trains one turn of its own conversation."""
     from collections import Counter
 
-    indices, runs = ds["index"], [len(trained_runs(labels)) for labels in ds["labels"]]
+    # A row is its source's (a mixture) and its index there.
+    sources = ds["source"] if "source" in ds.column_names else [0] * len(ds)
+    indices = list(zip(sources, ds["index"], strict=True))
+    runs = [len(trained_runs(labels)) for labels in ds["labels"]]
     per_row = Counter(indices)
     pick = next(
         (i for i, (index, n) in enumerate(zip(indices, runs, strict=True)) if per_row[index] > 1 or n > 1),
@@ -371,17 +374,29 @@ def turn_by_turn_html(ds, tokenizer, source=None) -> str:
     return _legends(source) + "".join(example_html(ds[k], tokenizer, source) for k in rows)
 
 
-def gate_rows(report: dict, max_dropped_fraction: float) -> list[dict]:
-    """Per split, the figures `prepare` checked: rows dropped against the gate, and the trained share."""
+def gate_rows(prepared, cfg) -> list[dict]:
+    """Per split (per source and split in a mixture): rows dropped against that source's gate
+    (dataset.max_dropped_fraction), and the trained share."""
+    if prepared.sources:
+        entries = [
+            (f"{e['name']} {split}", e[split], src.max_dropped_fraction)
+            for e, src in zip(prepared.sources, cfg.sources, strict=True)
+            for split in ("train", "eval")
+            if split in e
+        ]
+    else:
+        entries = [
+            (split, rep, cfg.sources[0].max_dropped_fraction) for split, rep in prepared.report.items()
+        ]
     return [
         {
             "split": split,
             "rows": rep["rows"],
             "kept": rep["kept"],
-            "dropped": f"{1 - rep['kept'] / rep['rows']:.1%} (gate: {max_dropped_fraction:.0%})",
+            "dropped": f"{1 - rep['kept'] / rep['rows']:.1%} (gate: {gate:.0%})",
             "examples": rep["examples"],
             "trained tokens": f"{rep['trained_tokens']} of {rep['tokens']} ({rep['trained_tokens'] / max(rep['tokens'], 1):.1%})",
             "expanded": rep["expanded_conversations"],
         }
-        for split, rep in report.items()
+        for split, rep, gate in entries
     ]

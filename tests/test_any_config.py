@@ -63,3 +63,26 @@ def test_a_seed_style_config_without_an_eval_split_runs_all_five_notebooks(tmp_p
     assert generated["eval_examples"] == 0 and len(generated["examples"]) == 4
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["notebooks"]) == 5 and "failed" not in summary
+
+
+@pytest.mark.slow
+def test_a_two_source_mixture_runs_all_five_notebooks_with_per_source_figures(tmp_path):
+    chats = small_data(tmp_path)
+    completions = tmp_path / "completions.jsonl"
+    completions.write_text(
+        "\n".join(json.dumps({"prompt": f"Count to {i}:", "completion": f" {i}"}) for i in range(24))
+    )
+    mixture = f"[{{name: {chats}, split: train, eval_split: test}}, {{name: {completions}, fraction: 0.5}}]"
+    out = tmp_path / "run"
+    proc = run(
+        "pipeline", "--config", "configs/tiny.yaml", "--out", str(out), "--set", f"dataset={mixture}",
+        "--set", f"training.output_dir={tmp_path / 'model'}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    first, second = summary["sources"]
+    assert (first["train"]["rows"], first["eval"]["rows"], second["train"]["rows"]) == (32, 8, 12)
+    assert first["train"]["share_of_examples"] + second["train"]["share_of_examples"] == pytest.approx(
+        1, abs=1e-3
+    )
+    assert summary["tuned"]["n"] == 8 and len(summary["notebooks"]) == 5

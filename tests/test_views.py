@@ -47,8 +47,9 @@ def test_standalone_page_is_styled_and_tables_are_left_aligned():
 def test_drop_and_gate_rows_read_the_report(prepared):
     rows = views.drop_rows(prepared.report)
     assert {"split": "train", "outcome": "kept", "count": 2, "meaning": "trained on, as 2 examples"} in rows
-    (gate,) = views.gate_rows(prepared.report, 0.1)
-    assert gate["dropped"] == "0.0% (gate: 10%)" and gate["rows"] == 2
+    cfg = RunConfig(ModelConfig(path="x"), DatasetConfig(name="y", max_dropped_fraction=0.25))
+    (gate,) = views.gate_rows(prepared, cfg)
+    assert gate["dropped"] == "0.0% (gate: 25%)" and gate["rows"] == 2
 
 
 def test_example_browser_is_a_live_widget_whose_buttons_and_slider_change_the_example(prepared, tokenizer):
