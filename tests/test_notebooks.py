@@ -126,7 +126,7 @@ def test_each_notebook_declares_what_it_lifts_into_the_summary():
     lifted = pipeline.summary_keys(NOTEBOOKS)
     assert lifted["03_train"] == ["world_size", "loss_history"]
     assert lifted["05_load_and_generate"] == ["base", "tuned", "eval_examples"]
-    assert lifted["01_explore_dataset"] == []
+    assert lifted["01_explore_dataset"] == ["sources"]  # a mixture's per-source figures
 
 
 def test_two_notebooks_lifting_the_same_key_are_refused(tmp_path):
