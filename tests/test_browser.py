@@ -171,3 +171,38 @@ def test_notebooks_01_and_02_run_in_jupyterlab_with_a_live_browser_and_true_mask
 
     for name, content in before.items():  # autosave was off: the tracked notebooks are untouched
         assert (ROOT / "notebooks" / f"{name}.ipynb").read_bytes() == content, name
+
+
+@pytest.mark.slow
+def test_the_tool_lessons_masking_view_colours_the_tool_call_as_trained_and_the_tool_result_not(
+    lab, browser, tmp_path
+):
+    """Notebook 02 with the tool lesson's config (parameters set as papermill sets them), in the browser."""
+    import nbformat
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    nb = load_notebook_node(str(ROOT / "notebooks" / "02_verify_masking.ipynb"))
+    nb = parameterize_notebook(nb, {"CONFIG": "configs/tool_lesson.yaml", "RUN_DIR": "runs/browser_tools"})
+    copy = ROOT / "runs" / "browser" / "02_verify_masking_tools.ipynb"
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, copy)
+    run_all(browser, lab, "../runs/browser/02_verify_masking_tools")
+    assert errors(browser) == []
+    spans = browser.execute_script(
+        "const view = document.querySelector('.jp-OutputArea .tokens');"
+        "return [...view.querySelectorAll('span')].map(s => [s.textContent, getComputedStyle(s).backgroundColor]);"
+    )
+    shown = [(text.replace("·", " ").replace("↵", "\n"), colour) for text, colour in spans]  # views._visible
+    trained = "".join(text for text, colour in shown if colour in TRAINED_COLOURS)
+    untrained = "".join(text for text, colour in shown if colour not in TRAINED_COLOURS)
+    assert '"name": "weekday"' in trained and "</tool_call>" in trained  # the call, with its arguments
+    assert "<tool_response>" in untrained and "<tool_response>" not in trained  # the tool's result
+    assert "<tools>" in untrained and "<tools>" not in trained  # the schema in the system prompt
+    masks = tmp_path / "masks.jsonl"
+    subprocess.run(
+        [sys.executable, "-m", "sftlib", "masks", "--config", "configs/tool_lesson.yaml", "--limit", "1", "--out", str(masks)],
+        cwd=ROOT, check=True, capture_output=True,
+    )  # fmt: skip
+    first = json.loads(masks.read_text().splitlines()[0])
+    assert [colour in TRAINED_COLOURS for _, colour in spans] == [label != -100 for label in first["labels"]]
