@@ -1,12 +1,12 @@
 # Quick start: `make demo` (the main job) and `make test` (the test suite).
 # Each sets up .venv on first use (a CPU torch, sftlib and everything else at the lock's versions, the
 # embedded model) and reuses it after. `make test-newest` and `make test-oldest` run the suite on the
-# newest releases and on the oldest ones pyproject.toml allows, each in a venv of its own (README: Tests).
+# newest releases and on the oldest ones pyproject.toml allows, each in a venv of its own (docs/testing.md).
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.sftlib-installed
-# The exact tested set, as pip constraints; pyproject.toml declares the ranges (README: Install).
+# The exact tested set, as pip constraints; pyproject.toml declares the ranges (docs/install.md).
 LOCK   := .ci/constraints.txt
 EXTRAS := dev,trackio,tensorboard
 # The libraries whose newest releases test-newest installs, past the lock (torch: the newest CPU build).

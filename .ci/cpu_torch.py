@@ -44,7 +44,7 @@ def install(python: str, requirement: str, index: str, reachable: bool, upgrade:
         cmd = [*pip, "--report", str(report), *(source if reachable else ["--no-index", "--no-deps"])]
         if subprocess.run([*cmd, *(["--upgrade"] if upgrade else []), requirement]).returncode != 0:
             sys.exit(
-                f"error: no {requirement} from {where}. Fix: install a CPU torch yourself first (README: Install)."
+                f"error: no {requirement} from {where}. Fix: install a CPU torch yourself first (docs/install.md)."
             )
         if not reachable and subprocess.run([*pip, f"torch=={installed_version(python)}"]).returncode != 0:
             sys.exit("error: torch's dependencies did not install. Fix: see pip's error above.")

@@ -1,6 +1,6 @@
 """Chat messages as templates read them: roles, reasoning fields, tool calls, and an assistant turn's answer.
 
-The lowest layer of the data path, with no ML imports: `data` normalizes rows into these shapes,
+The lowest layer of the data path, with no ML imports: `sources` normalizes rows into these shapes,
 `masking` checks that a template renders them, `scoring` and `generate` read answers and tool calls.
 """
 

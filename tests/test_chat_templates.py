@@ -5,7 +5,7 @@ are masked by sftlib with the model's own template X, and by TRL with X_training
 `apply_chat_template(..., return_assistant_tokens_mask=True)`. The tokenizer is SmolLM2's, with the
 template's control strings added as special tokens and the model's stop tokens set as they are in its
 generation_config. Turn by turn, the trained texts must be equal, or differ only in one of the named,
-justified classes below (README: "Masking"). A difference of a new kind fails the test.
+justified classes below (docs/masking.md). A difference of a new kind fails the test.
 """
 
 import copy
@@ -72,7 +72,7 @@ CONVERSATIONS = {
 # Rows a template itself refuses: counted drops, never a crash.
 EXPECTED_DROPS = {("gemma", "system_and_three_turns"): "template_error"}  # "System role not supported"
 
-# Every way TRL's trained text may differ from sftlib's, and why sftlib's is right (README: Masking).
+# Every way TRL's trained text may differ from sftlib's, and why sftlib's is right (docs/masking.md).
 CLASSES = {
     "trl_trains_prompt_text": "TRL's span starts inside the generation prompt (ChatML's newline after "
     "`assistant`, `<|start|>assistant`, `<｜Assistant｜>`, a `<think>` prefill): given at inference, not generated",

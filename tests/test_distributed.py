@@ -307,7 +307,7 @@ def test_fsdp_config_builds_an_fsdp2_full_shard_plugin_wrapping_each_llama_decod
 
 
 def test_deepspeed_configs_build_their_plugin_where_deepspeed_is_installed():
-    pytest.importorskip("deepspeed", reason="DeepSpeed is not a sftlib dependency (README: Scaling out)")
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not a sftlib dependency (docs/scaling.md)")
     from accelerate.utils import DeepSpeedPlugin
 
     for name, stage in (("deepspeed_zero2", 2), ("deepspeed_zero3", 3)):

