@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from sftlib import tracking
@@ -142,7 +143,7 @@ def test_notebook_03_with_two_processes_logs_once_to_both_trackers_and_names_the
     runs = trackio_losses(tmp_path / "trackio")
     assert list(runs.values()) == [expected]
 
-    cells = json.loads((out / "03_train.ipynb").read_text())["cells"]
+    cells = nbformat.read(out / "03_train.ipynb", as_version=4).cells  # outputs' text joined into one string
     printed = "".join(
         o.get("text", "") for c in cells for o in c.get("outputs", []) if o.get("name") == "stdout"
     )
