@@ -374,19 +374,17 @@ def turn_by_turn_html(ds, tokenizer, source=None) -> str:
     return _legends(source) + "".join(example_html(ds[k], tokenizer, source) for k in rows)
 
 
+SPLITS = ("train", "eval")
+
+
 def gate_rows(prepared, cfg) -> list[dict]:
     """Per split (per source and split in a mixture): rows dropped against that source's gate
     (dataset.max_dropped_fraction), and the trained share."""
+    entries = [(split, rep, cfg.sources[0].max_dropped_fraction) for split, rep in prepared.report.items()]
     if prepared.sources:
+        pairs = zip(prepared.sources, cfg.sources, strict=True)
         entries = [
-            (f"{e['name']} {split}", e[split], src.max_dropped_fraction)
-            for e, src in zip(prepared.sources, cfg.sources, strict=True)
-            for split in ("train", "eval")
-            if split in e
-        ]
-    else:
-        entries = [
-            (split, rep, cfg.sources[0].max_dropped_fraction) for split, rep in prepared.report.items()
+            (f"{e['name']} {sp}", e[sp], s.max_dropped_fraction) for e, s in pairs for sp in e if sp in SPLITS
         ]
     return [
         {
