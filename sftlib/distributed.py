@@ -84,7 +84,7 @@ def requested_strategy() -> str | None:
 
 
 def check_supported(model_cfg) -> None:
-    """Refuse strategy/model combinations that sftlib does not support (README: Scaling out)."""
+    """Refuse strategy/model combinations that sftlib does not support (docs/scaling.md)."""
     strategy = requested_strategy()
     zero3 = strategy == "DEEPSPEED" and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
     if model_cfg.load_in_4bit and (strategy == "FSDP" or zero3):

@@ -23,8 +23,16 @@ from sftlib.sft_args import sft_config
 log = logging.getLogger("sftlib")
 
 
-def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Fine-tune as configured; returns the run info (also written to output_dir/run_info.json)."""
+def train(
+    cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, launcher_holds_workers: bool = False
+) -> dict[str, Any]:
+    """Fine-tune as configured; returns the run info (also written to output_dir/run_info.json).
+
+    The main process merges once the other ranks have left the process group and exited.
+    `launcher_holds_workers`: the launcher keeps every worker until all have returned
+    (accelerate.notebook_launcher, through torch elastic), so the merge can't wait for the others to
+    exit; they have left the collective and freed their model.
+    """
     from sftlib import checkpoints, dataset, distributed, guards, layout, modeling, outputs
     from sftlib.trainer import build_trainer
 
@@ -80,13 +88,16 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
         "versions": library_versions(),
         "log_history": trainer.state.log_history,
     }
+    # Every rank frees its training copy (the merge loads the base again, unquantized) while the process
+    # group is still up: DDP's teardown may talk to the other ranks.
+    del trainer, model
+    gc.collect()
     peers = distributed.leave(state)  # the last collective: from here no rank waits for another
     if not state.is_main_process:
         return info
-    del trainer, model  # the merge loads the base again, unquantized: free the training copy first
-    gc.collect()
     if cfg.model.use_lora and cfg.merge:
-        distributed.wait_for_exit(peers)  # this machine's other ranks have exited and freed their memory
+        if not launcher_holds_workers:
+            distributed.wait_for_exit(peers)  # this machine's other ranks have exited and freed their memory
         info["merge"] = outputs.merge_run(cfg)
     elif cfg.model.use_lora:
         log.info(
@@ -115,11 +126,15 @@ def library_versions() -> dict[str, str]:
 
 
 def run_from_files(
-    config_path: str | None, overrides: list[str], resume: bool = False, overwrite: bool = False
+    config_path: str | None,
+    overrides: list[str],
+    resume: bool = False,
+    overwrite: bool = False,
+    launcher_holds_workers: bool = False,
 ) -> dict:
-    """Entry used by the CLI and by each process that `launch` starts."""
+    """Entry used by the CLI and by each process that `launch` starts (see `train`)."""
     cfg = load_config(config_path, overrides)
-    return train(cfg, resume=resume, overwrite=overwrite)
+    return train(cfg, resume=resume, overwrite=overwrite, launcher_holds_workers=launcher_holds_workers)
 
 
 def launch(
@@ -177,7 +192,7 @@ def launch(
         with distributed.worker_errors() as errors:
             notebook_launcher(
                 distributed.reporting_errors(run_from_files, errors),
-                args=(config_path, list(overrides), resume, overwrite),
+                args=(config_path, list(overrides), resume, overwrite, True),
                 num_processes=num_processes,
                 use_port=str(distributed.free_port()),
             )
