@@ -24,7 +24,7 @@ DEFAULT_CONFIG = "configs/default_train_config.yaml"
 
 @dataclasses.dataclass
 class LoraSettings:
-    """peft.LoraConfig arguments, with the seed's defaults."""
+    """peft.LoraConfig arguments; the defaults are the ones `configs/default_train_config.yaml` writes out."""
 
     r: int = 16
     lora_alpha: int = 32

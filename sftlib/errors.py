@@ -18,6 +18,12 @@ class SftlibError(Exception):
         super().__init__(f"{message} Fix: {fix}" if fix else message)
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): for one-line errors."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 def describe_os_error(exc: BaseException) -> SftlibError | None:
     """A clear message for the file-system errors any command can meet, or None for other errors.
 

@@ -11,17 +11,25 @@ it bounds the pass size and decides activation checkpointing (`sftlib.plan`).
 from __future__ import annotations
 
 MEASURE_TOKENS = 64  # length of the forward pass that measures activation memory
+SETTLED = 2.0  # one precision this many times slower than the other on the shapes timed so far: it loses
 
 
 def time_precisions(model, tokens: int, device: str, weight_grads: bool) -> dict[str, float]:
-    """{"bf16": s, "fp32": s}: seconds the model's linear layers take for a pass of `tokens` tokens."""
+    """{"bf16": s, "fp32": s}: seconds the model's linear layers take for a pass of `tokens` tokens.
+
+    Shapes are timed smallest first, both precisions each, and timing stops once one precision takes
+    SETTLED times the other's on the shapes so far: where bf16 is emulated (a CPU without AVX512-BF16 or
+    AMX) it is tens of times slower, and timing it on the LM head alone would cost minutes. The seconds
+    are then over the shapes timed, enough to compare."""
     from sftlib.timing import linear_shapes, model_matmul_seconds
 
-    shapes = linear_shapes(model)
-    return {
-        name: round(model_matmul_seconds(shapes, tokens, dtype, device, weight_grads), 5)
-        for name, dtype in (("bf16", "bfloat16"), ("fp32", "float32"))
-    }
+    totals = {"bf16": 0.0, "fp32": 0.0}
+    for (k, n), count in sorted(linear_shapes(model).items(), key=lambda item: item[0][0] * item[0][1]):
+        for name, dtype in (("bf16", "bfloat16"), ("fp32", "float32")):
+            totals[name] += model_matmul_seconds({(k, n): count}, tokens, dtype, device, weight_grads)
+        if max(totals.values()) > SETTLED * min(totals.values()):
+            break
+    return {name: round(seconds, 5) for name, seconds in totals.items()}
 
 
 def on_rank_zero(world_size: int, measure):

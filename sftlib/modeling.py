@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sftlib import embedded
 from sftlib.config import ModelConfig
-from sftlib.errors import SftlibError
+from sftlib.errors import SftlibError, first_line
 
 log = logging.getLogger("sftlib")
 
@@ -102,7 +102,7 @@ def load_tokenizer(model_cfg: ModelConfig):
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
     except (OSError, ValueError) as exc:
         raise SftlibError(
-            f"could not load a tokenizer from {path!r}: {_first_line(exc)}",
+            f"could not load a tokenizer from {path!r}: {first_line(exc)}",
             "point model.path at a folder holding the model's tokenizer files (tokenizer.json, tokenizer_config.json).",
         ) from exc
     if model_cfg.chat_template:
@@ -219,13 +219,13 @@ def load_model(model_cfg: ModelConfig, *, quantize: bool = True, device_map=None
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except ImportError as exc:  # an attention implementation whose kernels are not installed
         raise SftlibError(
-            f"model.attn_implementation={model_cfg.attn_implementation!r} can't run here: {_first_line(exc)}",
+            f"model.attn_implementation={model_cfg.attn_implementation!r} can't run here: {first_line(exc)}",
             "install its package (flash-attn for flash_attention_2), or set model.attn_implementation: null "
             "to let sftlib choose.",
         ) from exc
     except (OSError, ValueError) as exc:
         raise SftlibError(
-            f"could not load model {path!r}: {_first_line(exc)}",
+            f"could not load model {path!r}: {first_line(exc)}",
             "check model.path (and model.attn_implementation, when set); sftlib loads weights from safetensors "
             "only (re-save pickled .bin weights with save_pretrained(folder, safe_serialization=True)).",
         ) from exc
@@ -277,8 +277,3 @@ def check_target_modules(model, targets: list[str] | str) -> None:
 
 def _is_linear(module, torch) -> bool:
     return isinstance(module, torch.nn.Linear) or type(module).__name__ in {"Linear4bit", "Linear8bitLt"}
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -28,7 +28,7 @@ from datasets import Dataset, DatasetDict, Features, Json, Value
 
 from sftlib import chat, formats, label_cache
 from sftlib.config import DatasetConfig
-from sftlib.errors import SftlibError
+from sftlib.errors import SftlibError, first_line
 
 logger = logging.getLogger("sftlib")
 
@@ -114,7 +114,7 @@ def _load_source(ds_cfg: DatasetConfig) -> DatasetDict:
         return datasets.load_dataset(name, ds_cfg.subset)
     except Exception as exc:
         raise SftlibError(
-            f"could not load dataset {name!r} from the hub: {_first_line(exc)}",
+            f"could not load dataset {name!r} from the hub: {first_line(exc)}",
             "check the id and dataset.subset, or point dataset.name at a local file.",
         ) from exc
 
@@ -151,7 +151,7 @@ def _guard_load(files: list[Path], load) -> DatasetDict:
             if f.suffix in (".json", ".jsonl"):
                 scan_json_lines(f)
         raise SftlibError(
-            f"could not load {', '.join(map(str, files[:3]))}: {_first_line(exc.__cause__ or exc)}",
+            f"could not load {', '.join(map(str, files[:3]))}: {first_line(exc.__cause__ or exc)}",
             "make every row have the same columns, each holding one type.",
         ) from exc
 
@@ -179,11 +179,6 @@ def scan_json_lines(path: Path) -> None:
                 ) from None
             if not isinstance(row, dict):
                 raise SftlibError(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}.")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _split(dsd: DatasetDict, split: str, name: str) -> Dataset:

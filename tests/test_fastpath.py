@@ -327,6 +327,32 @@ def test_unset_precision_is_timed_and_bf16_stores_the_frozen_base_in_bf16(tmp_pa
     assert all(p.dtype == torch.float32 for p in slow_bf16.model.parameters())
 
 
+def test_precision_timing_stops_once_one_precision_is_clearly_slower(monkeypatch):
+    """Emulated bf16 is tens of times slower: the smallest shape settles it, the LM head is never timed."""
+    from sftlib import timing
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 32), torch.nn.Linear(32, 512))
+    timed = []
+
+    def fake(shapes, tokens, dtype, device, weight_grads):  # seconds proportional to the work
+        timed.append((*shapes, dtype))
+        (k, n), count = next(iter(shapes.items()))
+        return count * k * n * (1e-6 if dtype == "float32" else slowdown)
+
+    monkeypatch.setattr(timing, "model_matmul_seconds", fake)
+    slowdown = 40e-6  # emulated bf16
+    seconds = measure.time_precisions(model, 512, "cpu", False)
+    assert [shape for shape, _ in timed] == [(8, 8), (8, 8)] and seconds["bf16"] > seconds["fp32"]
+    timed.clear()
+    slowdown = 1.5e-6  # close: every shape is timed
+    seconds = measure.time_precisions(model, 512, "cpu", False)
+    assert {shape for shape, _ in timed} == {(8, 8), (8, 32), (32, 512)} and len(timed) == 6
+    assert seconds == {
+        "bf16": round(1.5e-6 * (64 + 256 + 16384), 5),
+        "fp32": round(1e-6 * (64 + 256 + 16384), 5),
+    }
+
+
 def test_checkpointing_is_decided_from_measured_memory_or_told(tmp_path):
     cfg = tiny_cfg(tmp_path, "training.activation_checkpointing=null")
     decide = plan.decide_checkpointing
