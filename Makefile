@@ -14,6 +14,12 @@ NEWEST_LIBS := transformers trl peft accelerate datasets bitsandbytes
 NEWEST := $(VENV)/newest
 OLDEST := $(VENV)/oldest
 FAST   := -m 'not slow'
+# What test-newest and test-oldest run of the fast tier: the tests at each library's seam (transformers'
+# templates and tokenizers, TRL's labels, collator and trainer, PEFT's merge, bitsandbytes, datasets), so
+# that .ci/run stays within its budget (docs/testing.md). `make test-newest TIER_TESTS=` runs it all.
+TIER_TESTS := tests/test_masking.py tests/test_chat_templates.py tests/test_agentic_templates.py \
+	tests/test_fastpath.py tests/test_train.py tests/test_merge.py tests/test_qlora.py tests/test_generate.py \
+	tests/test_sources.py tests/test_mixtures.py tests/test_config.py tests/test_plan.py
 comma  := ,
 
 .PHONY: setup browser demo test test-newest test-oldest lint format bench lock clean
@@ -32,12 +38,12 @@ define venv
 	$(1)/bin/python -m sftlib materialize
 endef
 
-# $(call pytest,DIR,WHAT): pytest's fast tier in DIR's venv. A failure's first line names the releases
+# $(call pytest,DIR,WHAT): TIER_TESTS of pytest's fast tier in DIR's venv. A failure's first line names the releases
 # (.ci/versions.py: those that differ from the lock first); pytest's exit 5 (no test ran) is a failure.
 define pytest
 	@versions="$$($(1)/bin/python .ci/versions.py)"; \
 	echo "$(2): $$versions; $$(cat $(1)/torch-source.txt)"; \
-	$(1)/bin/python -m pytest $(FAST) -q -ra; rc=$$?; \
+	$(1)/bin/python -m pytest $(FAST) -q -ra --durations=5 $(TIER_TESTS); rc=$$?; \
 	[ $$rc = 0 ] || { [ $$rc = 5 ] && why="no test ran" || why="pytest exit $$rc"; \
 		echo "FAILED on the $(2) ($$why): $$versions"; exit 1; }
 endef
@@ -61,7 +67,7 @@ browser:
 test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=15
 
 # The newest releases the registry offers of NEWEST_LIBS, even past a range's upper bound (pip then warns
 # that sftlib's range excludes it), the newest CPU torch on offer, everything else the newest in range:
