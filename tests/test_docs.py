@@ -162,6 +162,17 @@ def makefile_targets() -> set[str]:
     return set(re.findall(r"^([\w.-]+):", (ROOT / "Makefile").read_text(), re.M))
 
 
+def make_problems(args: list[str], page: Path) -> list[str]:
+    """A make command's arguments: each a target, or `NAME=value` for a variable the Makefile sets."""
+    text = (ROOT / "Makefile").read_text()
+    targets, variables = makefile_targets(), set(re.findall(r"^([A-Z_]+)\s*[:?]?=", text, re.M))
+    return [
+        f"{page.name}: no make {'variable' if '=' in arg else 'target'} {arg!r}"
+        for arg in args
+        if (arg.split("=", 1)[0] not in variables if "=" in arg else arg not in targets)
+    ]
+
+
 def shell_commands(body: str) -> list[list[str]]:
     """The simple commands of a bash block (continuations joined, comments and heredoc bodies dropped)."""
     commands, heredoc = [], None
@@ -239,7 +250,7 @@ def inline_sftlib_problem(span: str) -> str | None:
 
 
 def command_problems(text: str, page: Path) -> list[str]:
-    problems, targets = [], makefile_targets()
+    problems = []
     for lang, body in code_blocks(text):
         if lang not in ("bash", "sh", "shell", "console"):
             continue
@@ -248,12 +259,12 @@ def command_problems(text: str, page: Path) -> list[str]:
             if args is not None and (said := parse_problem(args)):
                 problems.append(f"{page.name}: `{' '.join(tokens)}`: {said}")
             if tokens[0] == "make":
-                problems += [f"{page.name}: no make target {t!r}" for t in tokens[1:] if t not in targets]
+                problems += make_problems(tokens[1:], page)
     for span in code_spans(text):
         if (said := inline_sftlib_problem(span)) is not None:
             problems.append(f"{page.name}: {said}")
         if span.startswith("make "):
-            problems += [f"{page.name}: no make target {t!r}" for t in span.split()[1:] if t not in targets]
+            problems += make_problems(span.split()[1:], page)
     return problems
 
 
