@@ -43,7 +43,7 @@ class ModelFacts:
 
     placed: bool  # placed on devices when loaded (device_map, 4-bit)
     on_device: bool  # already on the training device
-    precision_seconds: dict[str, float] | None  # timed linear layers per pass, when `precision_is_timed`
+    precision_seconds: dict[str, float] | None  # linear layers per pass, over the shapes timed, or None
     flash_attention_installed: bool
 
 
@@ -119,7 +119,7 @@ class Plan:
         timed = (
             ""
             if not s.precision_seconds
-            else " (linear layers per pass: "
+            else " (linear layers timed per pass: "
             + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in s.precision_seconds.items())
             + ")"
         )

@@ -269,8 +269,8 @@ def fast_path_rows(plan: dict | None) -> list[dict]:
         f", frozen base stored in {plan['frozen_weights_dtype']}" if plan.get("frozen_weights_dtype") else ""
     )
     seconds = plan.get("precision_seconds")
-    if seconds:  # the timed candidates: seconds of the model's linear layers per pass
-        precision += " (" + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items()) + " per pass)"
+    if seconds:  # the timed candidates: seconds of the model's linear layers per pass, over the shapes timed
+        precision += " (" + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items()) + " timed per pass)"
     return [
         {"key": "fast path", "value": plan["why"]},
         {"key": "precision", "value": f"{precision}: {plan['precision_from']}"},

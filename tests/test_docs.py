@@ -20,6 +20,7 @@ fails here too.
 
 import ast
 import contextlib
+import functools
 import glob
 import io
 import re
@@ -158,14 +159,16 @@ def module_problems(text: str, page: Path) -> list[str]:
 # --------------------------------------------------------------------------- commands
 
 
-def makefile_targets() -> set[str]:
-    return set(re.findall(r"^([\w.-]+):", (ROOT / "Makefile").read_text(), re.M))
+@functools.cache
+def makefile_names() -> tuple[set[str], set[str]]:
+    """(targets, variables) the Makefile defines."""
+    text = (ROOT / "Makefile").read_text()
+    return set(re.findall(r"^([\w.-]+):", text, re.M)), set(re.findall(r"^([A-Z_]+)\s*[:?]?=", text, re.M))
 
 
 def make_problems(args: list[str], page: Path) -> list[str]:
     """A make command's arguments: each a target, or `NAME=value` for a variable the Makefile sets."""
-    text = (ROOT / "Makefile").read_text()
-    targets, variables = makefile_targets(), set(re.findall(r"^([A-Z_]+)\s*[:?]?=", text, re.M))
+    targets, variables = makefile_names()
     return [
         f"{page.name}: no make {'variable' if '=' in arg else 'target'} {arg!r}"
         for arg in args

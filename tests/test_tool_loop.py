@@ -1,6 +1,8 @@
 """The tool lesson's data and the tool loop: parsing the template's calls, running tools, scoring."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,9 +136,6 @@ def test_the_tool_lesson_teaches_the_call_and_the_answer_on_held_out_dates(tmp_p
     """`sftlib demo --lesson tools` end to end on the embedded SmolLM2, scored against the issue's floors
     (docs/lessons.md records the measured figures): the base model never calls the tool; the tuned one
     calls it with the exact date and answers with its result, and calls nothing where nothing is needed."""
-    import subprocess
-    import sys
-
     out = tmp_path / "tools"
     proc = subprocess.run(
         [sys.executable, "-m", "sftlib", "demo", "--lesson", "tools", "--out", str(out)],
