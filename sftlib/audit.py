@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from sftlib import conversations
 from sftlib.conversations import DropExample
-from sftlib.masking import Tokens, generation_turn, template_context, trained_runs
+from sftlib.masking import Tokens, generation_turn, trained_runs
+from sftlib.rendering import template_context
 
 
 def check(tokens: Tokens, example: dict, tokenizer, stop_ids=None, template_kwargs=None) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +23,14 @@ from sftlib import audit, conversations, formats, label_cache, masking, reports,
 from sftlib.config import RunConfig
 from sftlib.conversations import DropExample
 from sftlib.errors import SftlibError
+from sftlib.rendering import Rendering
 
 logger = logging.getLogger("sftlib")
 
 IGNORE = masking.IGNORE
+# Splits this large are masked on every core (unless training.dataset_num_proc says otherwise): below
+# it, starting the worker processes costs about what they save.
+PARALLEL_ROWS = 20_000
 
 TOKENIZED = Features(
     {
@@ -134,7 +139,7 @@ def prepare(
 
 def _mask_split(ds, fmt, src, cfg, tokenizer, stop_ids, where: str) -> tuple[Dataset, dict]:
     """One source's split: normalized, masked, audited, reported, gated; returns (kept examples, report)."""
-    num_proc = cfg.dataset_num_proc
+    num_proc = num_proc_for(cfg, len(ds))
     norm = sources.normalize(ds, fmt, num_proc=num_proc)
     if conversations.is_chat(norm[0]):
         require_chat_template(tokenizer)
@@ -175,6 +180,15 @@ def _mask_split(ds, fmt, src, cfg, tokenizer, stop_ids, where: str) -> tuple[Dat
     return kept, rep
 
 
+def num_proc_for(cfg: RunConfig, rows: int) -> int | None:
+    """training.dataset_num_proc when set; otherwise every core (up to 8) for a split of PARALLEL_ROWS
+    rows or more: rendering and labelling are Python, one core each, and a large split waits on them."""
+    if cfg.dataset_num_proc is not None:
+        return cfg.dataset_num_proc
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(cores, 8) if rows >= PARALLEL_ROWS and cores > 1 else None
+
+
 def require_chat_template(tokenizer) -> None:
     if not getattr(tokenizer, "chat_template", None):
         raise SftlibError(
@@ -200,16 +214,38 @@ def _prepare_rows(
     """Mask, audit and truncate a batch of rows. A conversation may become several examples; a dropped row
     becomes one record holding its reason (so drops survive caching)."""
     out = {name: [] for name in TOKENIZED}
-    for r in range(len(batch["index"])):
-        example = {k: v[r] for k, v in batch.items()}
-        for record in _prepare_row(example, tokenizer, stop_ids, train_on, max_length, template_kwargs):
+    rows = [{k: v[r] for k, v in batch.items()} for r in range(len(batch["index"]))]
+    # Render every row, then tokenize all their texts in one call (the fast tokenizer uses every core).
+    rendered = [_rendered(row, tokenizer, stop_ids, train_on, template_kwargs) for row in rows]
+    encodings = masking.Encodings(
+        tokenizer, [t for r in rendered if isinstance(r, Rendering) for t in r.texts()]
+    )
+    for example, staged in zip(rows, rendered, strict=True):
+        for record in _prepare_row(
+            example, tokenizer, stop_ids, train_on, max_length, template_kwargs, staged, encodings
+        ):
             for name in TOKENIZED:
                 out[name].append(record[name])
     return out
 
 
+def _rendered(example: dict, tokenizer, stop_ids, train_on: str, template_kwargs):
+    """A conversation's Rendering, None for other formats, or the DropExample that rendering raised."""
+    try:
+        return masking.render_example(example, tokenizer, stop_ids, train_on, template_kwargs)
+    except DropExample as drop:
+        return drop
+
+
 def _prepare_row(
-    example: dict, tokenizer, stop_ids, train_on: str, max_length: int, template_kwargs: dict | None = None
+    example: dict,
+    tokenizer,
+    stop_ids,
+    train_on: str,
+    max_length: int,
+    template_kwargs: dict | None = None,
+    rendered=None,
+    encodings=None,
 ) -> list[dict]:
     base = {
         "index": example["index"],
@@ -218,8 +254,10 @@ def _prepare_row(
         "carries": conversations.carried(example),
     }
     try:
+        if isinstance(rendered, DropExample):
+            raise rendered
         examples, conversation = masking.tokenize_example(
-            example, tokenizer, stop_ids, train_on, template_kwargs
+            example, tokenizer, stop_ids, train_on, template_kwargs, rendered, encodings
         )
         for tokens in examples:
             audit.check(tokens, example, tokenizer, stop_ids, template_kwargs)
@@ -320,7 +358,9 @@ def source_rows(cfg: RunConfig, split: str = "train"):
     for src in cfg.sources:
         raw = sources.load_raw(src, seed=cfg.seed)
         fmt = formats.resolve_format(raw["train"], src.format)[0]
-        norms.append(sources.normalize(raw[split], fmt, cfg.dataset_num_proc) if split in raw else None)
+        norms.append(
+            sources.normalize(raw[split], fmt, num_proc_for(cfg, len(raw[split]))) if split in raw else None
+        )
     positions = [{i: k for k, i in enumerate(n["index"])} if n is not None else {} for n in norms]
 
     def lookup(example: dict) -> dict | None:

@@ -78,7 +78,7 @@ class Prompts:
     """What to generate for: `references` are None where there is nothing to score against.
 
     `contexts` holds, per prompt, the chat-template arguments it is rendered with, as in training
-    (`masking.template_context`: the row's `tools`, its source's dataset.chat_template_kwargs, then
+    (`rendering.template_context`: the row's `tools`, its source's dataset.chat_template_kwargs, then
     the row's own `chat_template_kwargs`); pass them to `generate`.
     """
 
@@ -141,9 +141,9 @@ def prompts_for(cfg: RunConfig, limit: int | None = None, own: list[str] | None 
 
 def own_prompts(texts: list[str], template_kwargs: dict | None) -> Prompts:
     """User messages to answer, each rendered with `template_kwargs` (and no tools)."""
-    from sftlib import masking
+    from sftlib import rendering
 
-    context = masking.template_context({}, template_kwargs)
+    context = rendering.template_context({}, template_kwargs)
     prompts = [[{"role": "user", "content": text}] for text in texts]
     return Prompts(prompts, [None] * len(texts), "yours", [context] * len(texts))
 
@@ -175,7 +175,7 @@ def trained_template_kwargs(model: str, adapter: str | None = None, given: str |
 
 def _asked(norm, template_kwargs: dict | None, limit: int | None) -> list[tuple]:
     """(prompt, reference, context) for the first `limit` askable rows of a normalized split."""
-    from sftlib import chat, conversations, masking
+    from sftlib import chat, conversations, rendering
 
     out = []
     for example in norm:
@@ -187,7 +187,7 @@ def _asked(norm, template_kwargs: dict | None, limit: int | None) -> list[tuple]
             continue
         try:
             conversation = conversations.conversation(example)
-            context = masking.template_context(example, template_kwargs)
+            context = rendering.template_context(example, template_kwargs)
         except conversations.DropExample:
             continue
         messages = conversation.messages
@@ -210,7 +210,7 @@ def _prompt_texts(tokenizer, prompts, contexts=None) -> tuple[list[str], bool]:
     Returns the texts and whether the tokenizer should add its own special tokens (only for raw
     strings: the chat template already wrote them).
     """
-    from sftlib import masking
+    from sftlib import rendering
     from sftlib.conversations import DropExample
 
     if all(isinstance(p, str) for p in prompts):
@@ -227,7 +227,7 @@ def _prompt_texts(tokenizer, prompts, contexts=None) -> tuple[list[str], bool]:
         texts = []
         for k, (prompt, context) in enumerate(zip(prompts, contexts, strict=True)):
             try:
-                texts.append(masking.render(tokenizer, prompt, True, context))
+                texts.append(rendering.render(tokenizer, prompt, True, context))
             except DropExample as exc:
                 raise SftlibError(
                     f"prompt {k} can't be rendered by the chat template ({exc.detail}).",

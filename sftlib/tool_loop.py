@@ -171,7 +171,7 @@ class Cases:
 
 def held_out_cases(cfg, limit: int | None = None) -> Cases:
     """The held-out rows of every source with an eval split that carry tools, as loop Cases."""
-    from sftlib import conversations, formats, masking, sources
+    from sftlib import conversations, formats, rendering, sources
     from sftlib.errors import SftlibError
 
     cases = Cases([], [], [], [])
@@ -184,7 +184,7 @@ def held_out_cases(cfg, limit: int | None = None) -> Cases:
                 break
             try:
                 messages = conversations.conversation(example).messages
-                context = masking.template_context(example, src.chat_template_kwargs)
+                context = rendering.template_context(example, src.chat_template_kwargs)
             except conversations.DropExample:
                 continue
             if not context["tools"]:

@@ -35,7 +35,7 @@ from test_chat_templates import (
     template_tokenizers,
 )
 
-from sftlib import chat, masking, sources
+from sftlib import chat, masking, rendering, sources
 from sftlib.conversations import DropExample
 
 SYSTEM = "You are a concise weather assistant."
@@ -341,7 +341,7 @@ def test_agentic_rows_train_tool_calls_and_reasoning_or_are_the_predicted_drop(
     else:
         ours, examples, cleaned = ours_by_turn(name, messages, tokenizers, row)
     tok, _ = tokenizers(name)
-    context = masking.template_context(row)
+    context = rendering.template_context(row)
     history_as_at_inference(examples, cleaned.messages, tok, context)
     trained_is_the_turn_and_nothing_given(ours, cleaned.messages, row)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sftlib import audit, masking
+from sftlib import audit, masking, rendering
 from sftlib.conversations import DropExample
 
 TEMPLATES = Path(__import__("trl").__file__).parent / "chat_templates"
@@ -220,7 +220,7 @@ def check_against_trl(name, messages, tokenizers, stops, expected_drop=None, row
         return None
     assert expected_drop is None
     assert sorted(ours) == [i for i, m in enumerate(cleaned.messages) if m["role"] == "assistant"]
-    context = masking.template_context(row or {}, template_kwargs)
+    context = rendering.template_context(row or {}, template_kwargs)
     theirs = trl_by_turn(name, cleaned.messages, tokenizers, context)
     tok, _ = tokenizers(name)
 

@@ -268,10 +268,10 @@ def test_held_out_prompts_are_the_prompts_masking_trained_after_with_tools_and_t
 
 def test_generate_renders_each_prompt_with_its_context(tiny):
     model, tokenizer = tiny
-    from sftlib import masking
+    from sftlib import rendering
     from sftlib.generate import _prompt_texts
 
-    contexts = [masking.template_context({"tools": [WEEKDAY]}), None]
+    contexts = [rendering.template_context({"tools": [WEEKDAY]}), None]
     texts, _ = _prompt_texts(tokenizer, PROMPTS[:2], contexts)
     assert texts[0] == tokenizer.apply_chat_template(
         PROMPTS[0], tools=[WEEKDAY], add_generation_prompt=True, tokenize=False

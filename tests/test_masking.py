@@ -4,6 +4,7 @@ The oracle comparison with TRL's marker templates is tests/test_chat_templates.p
 """
 
 import copy
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -676,3 +677,56 @@ def test_save_to_disk_dataset_prepares_with_eval_split(tokenizer, tmp_path):
     prepared = dataset.prepare(config(str(tmp_path / "saved"), eval_split="test"), tokenizer)
     assert (len(prepared.train), len(prepared.eval)) == (2, 1)
     assert prepared.eval[0]["index"] == 0
+
+
+# --------------------------------------------------------------------------- batches and processes
+
+
+def tool_rows_with_drops() -> list[dict]:
+    """The tool lesson's chats (a call, its result and the answer; every fourth one without a call), a
+    row whose reasoning Qwen2.5's template leaves out (dropped after rendering) and one with an unknown
+    role (dropped before)."""
+    from sftlib import tool_lesson
+
+    rows, _ = tool_lesson.build_tool_rows(10, 0)
+    thinking = {"role": "assistant", "content": "Friday", "reasoning_content": "2021-03-05 was a Friday."}
+    rows.insert(3, {"tools": tool_lesson.TOOL_SCHEMAS, "messages": [*rows[3]["messages"][:2], thinking]})
+    rows.insert(7, {"tools": tool_lesson.TOOL_SCHEMAS, "messages": [{"role": "robot", "content": "beep"}]})
+    return rows
+
+
+def test_a_batch_is_masked_exactly_as_its_rows_are_one_by_one(tokenizer):
+    qwen = with_template(tokenizer, (TRL_TEMPLATES / "qwen2_5.jinja").read_text())
+    norm = sources.normalize(datasets.Dataset.from_list(tool_rows_with_drops()), "messages")
+    settings = {"stop_ids": [qwen.eos_token_id], "train_on": "all_assistant", "max_length": 512}
+    together = dataset._prepare_rows(norm[:], qwen, code_version="test", **settings)
+    alone = [record for k in range(len(norm)) for record in dataset._prepare_row(norm[k], qwen, **settings)]
+    assert together == {name: [record[name] for record in alone] for name in together}
+    assert {r for r in together["drop_reason"] if r} == {"not_rendered", "unknown_role"}
+    assert sum(r is None for r in together["drop_reason"]) == 10
+
+
+def test_a_large_split_is_masked_on_every_core_with_the_labels_of_one_process(
+    tokenizer, tmp_path, monkeypatch
+):
+    path = tmp_path / "tools.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in tool_rows_with_drops()))
+    qwen = str(TRL_TEMPLATES / "qwen2_5.jinja")
+    default = config(str(path), chat_template=qwen, max_dropped_fraction=0.5)
+    one_process = dataclasses.replace(default, training={"dataset_num_proc": 1})
+    monkeypatch.setattr(dataset.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert dataset.num_proc_for(default, dataset.PARALLEL_ROWS - 1) is None  # small: no worker processes
+    monkeypatch.setattr(dataset, "PARALLEL_ROWS", 4)  # this 12-row split counts as large
+    assert (dataset.num_proc_for(default, 12), dataset.num_proc_for(one_process, 12)) == (2, 1)
+    prepared = {}
+    for name, cfg in {"two": default, "one": one_process}.items():
+        monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / f"cache_{name}"))
+        prepared[name] = dataset.prepare(cfg, modeling.load_tokenizer(cfg.model))
+    two, one = prepared["two"], prepared["one"]
+    assert two.train["input_ids"] == one.train["input_ids"] and two.train["labels"] == one.train["labels"]
+    assert two.report == one.report and two.report["train"]["dropped"] == {
+        "not_rendered": 1,
+        "unknown_role": 1,
+    }
+    sharded = {name: sorted((tmp_path / f"cache_{name}").rglob("*_of_00002.arrow")) for name in prepared}
+    assert sharded["two"] and not sharded["one"]  # the masks were made by two processes, then by one
