@@ -7,11 +7,11 @@ Assistant turn i of a conversation is trained on exactly what the model generate
     trained = the tokens of Q after P, up to and including the first stop token
 
 and the tokens before that span are `tokenizer(P)`, the prompt tokenized alone, as a server does.
-Rendering passes the row's `tools` and chat-template arguments, so tool calls, tool results and
-reasoning render as at inference (sftlib.rendering, phase one). The stop tokens are the tokenizer's EOS plus the model's
-`generation_config.eos_token_id` (`modeling.stop_token_ids`). No answer is ever located by
-searching for its text, so think blocks, tool calls, channel headers (gpt-oss) and several end
-tokens (cohere2) are trained where the template makes the model generate them, and nothing after
+Rendering (phase one, sftlib.rendering) passes the row's `tools` and chat-template arguments, so
+tool calls, tool results and reasoning render as at inference. The stop tokens are the tokenizer's
+EOS plus the model's `generation_config.eos_token_id` (`modeling.stop_token_ids`). No answer is ever
+located by searching for its text, so think blocks, tool calls, channel headers (gpt-oss) and several
+end tokens (cohere2) are trained where the template makes the model generate them, and nothing after
 the stop token is (ChatML's "\\n" after `<|im_end|>`).
 
 A conversation is one example when every turn sits in the full rendering as above. Otherwise it is

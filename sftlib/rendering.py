@@ -63,11 +63,11 @@ def render_chat(
     conversation = conversations.conversation(example)
     messages, turns = conversation.messages, trained_turns(conversation, train_on)
     context = template_context(example, template_kwargs)
-    # Every P in one call and every Q in another: the template's inputs are converted once per call.
     rendered = [render_turn(messages, i, tokenizer, context, stops) for i in turns]
     # Q of a conversation's final turn is the whole conversation: no need to render it again.
-    last = rendered[-1].text if turns[-1] == len(messages) - 1 else None
-    return Rendering(conversation, rendered, last or render(tokenizer, messages, False, context))
+    ends = turns[-1] == len(messages) - 1
+    full = rendered[-1].text if ends else render(tokenizer, messages, False, context)
+    return Rendering(conversation, rendered, full)
 
 
 def template_context(example: dict, template_kwargs: dict | None = None) -> dict:
