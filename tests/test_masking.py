@@ -11,6 +11,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+import vocabularies
 
 from sftlib import audit, conversations, dataset, label_cache, masking, modeling, reports, sources, views
 from sftlib.config import DatasetConfig, ModelConfig, RunConfig
@@ -695,12 +696,20 @@ def tool_rows_with_drops() -> list[dict]:
     return rows
 
 
-def test_a_batch_is_masked_exactly_as_its_rows_are_one_by_one(tokenizer):
-    qwen = with_template(tokenizer, (TRL_TEMPLATES / "qwen2_5.jinja").read_text())
+@pytest.mark.parametrize(
+    "vocabulary, template", [("smollm2", "qwen2_5"), ("qwen3", "qwen2_5"), ("llama3", "llama3_1")]
+)
+def test_a_batch_is_masked_exactly_as_its_rows_are_one_by_one(tokenizer, vocabulary, template):
+    if vocabulary == "smollm2":
+        tok, stops = tokenizer, [tokenizer.eos_token_id]
+    else:
+        tok = vocabularies.build(vocabulary)
+        stops = vocabularies.stop_ids(vocabulary, tok)
+    tok = with_template(tok, (TRL_TEMPLATES / f"{template}.jinja").read_text())
     norm = sources.normalize(datasets.Dataset.from_list(tool_rows_with_drops()), "messages")
-    settings = {"stop_ids": [qwen.eos_token_id], "train_on": "all_assistant", "max_length": 512}
-    together = dataset._prepare_rows(norm[:], qwen, code_version="test", **settings)
-    alone = [record for k in range(len(norm)) for record in dataset._prepare_row(norm[k], qwen, **settings)]
+    settings = {"stop_ids": stops, "train_on": "all_assistant", "max_length": 512}
+    together = dataset._prepare_rows(norm[:], tok, code_version="test", **settings)
+    alone = [record for k in range(len(norm)) for record in dataset._prepare_row(norm[k], tok, **settings)]
     assert together == {name: [record[name] for record in alone] for name in together}
     assert {r for r in together["drop_reason"] if r} == {"not_rendered", "unknown_role"}
     assert sum(r is None for r in together["drop_reason"]) == 10
