@@ -84,8 +84,9 @@ def run_demo(
     """The whole suite on a lesson's task: the embedded model fails it, is fine-tuned, then solves it.
 
     `config` defaults to the lesson's shipped config (configs/demo.yaml, configs/chat_lesson.yaml). A
-    config whose `dataset.name` is a lesson's own `configs/data/...` trains on the copy shipped with
-    sftlib, so the demo runs from any working directory. The model is materialized if needed; the
+    config whose `dataset.name` is a lesson's own `configs/data/...`, or whose `model.chat_template` is a
+    `configs/templates/...` file, reads the copy shipped with sftlib, so the demo runs from any working
+    directory. The model is materialized if needed; the
     trained run goes to OUT/model (replacing an earlier demo run), so everything the demo makes lies
     under OUT.
     """
@@ -102,7 +103,13 @@ def run_demo(
     shipped_data = {data for _, data, _ in LESSONS.values()}
     if Path(cfg.dataset.name) in shipped_data:
         overrides.append(f"dataset.name={shipped.config(str(Path(cfg.dataset.name).relative_to('configs')))}")
-        cfg = load_config(config, overrides)
+    template = cfg.model.chat_template or ""
+    if (
+        template.startswith("configs/")
+        and (shipped.configs_dir() / template.removeprefix("configs/")).is_file()
+    ):
+        overrides.append(f"model.chat_template={shipped.config(template.removeprefix('configs/'))}")
+    cfg = load_config(config, overrides)
     embedded.resolve(cfg.model.path)
     params = {"OVERWRITE": "true", **LESSONS[lesson][2], **(params or {})}
     summary = run_pipeline(config, out, overrides, params, progress=progress)

@@ -20,6 +20,7 @@ expected to fail until masking is fixed.
 import copy
 import json
 import re
+from pathlib import Path
 
 import pytest
 import vocabularies
@@ -498,3 +499,41 @@ def test_a_row_kwarg_overrides_the_configured_one(agentic_tokenizers):
     row = {**row, "chat_template_kwargs": {"enable_thinking": True}}
     ours, _, _ = ours_by_turn("qwen3", messages, agentic_tokenizers("qwen3"), row, {"enable_thinking": False})
     assert ours[4].startswith("<think>")
+
+
+# The tool lesson's own template (configs/tool_lesson.yaml): Qwen2.5's messages and generation markers,
+# tools listed in a line each. Its masks are checked as a bundled template's are, against its markers.
+LESSON_TEMPLATE = Path(__file__).resolve().parents[1] / "configs/templates/chatml_tools.jinja"
+
+
+@pytest.fixture(scope="module")
+def lesson_tokenizers(tokenizer):
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = LESSON_TEMPLATE.read_text()
+    stops = [tok.convert_tokens_to_ids(s) for s in CHATML_STOPS]
+    return lambda name, variant="": (tok, stops)
+
+
+@pytest.mark.parametrize("conversation", sorted(CONVERSATIONS))
+def test_the_tool_lessons_template_masks_as_its_markers_do_and_trains_no_tool_list(
+    conversation, lesson_tokenizers
+):
+    messages, row, _ = CONVERSATIONS[conversation]
+    drop = expected_drop("qwen2_5", conversation)  # the same messages as qwen2_5: the same drops
+    if drop:
+        with pytest.raises(DropExample) as caught:
+            ours_by_turn("chatml_tools", messages, lesson_tokenizers, row)
+        assert caught.value.reason == drop[0] and re.search(drop[1], caught.value.detail), caught.value
+        return
+    ours, examples, cleaned = check_against_trl(
+        "chatml_tools", messages, lesson_tokenizers, CHATML_STOPS, row=row
+    )
+    tok, _ = lesson_tokenizers("chatml_tools")
+    context = rendering.template_context(row)
+    history_as_at_inference(examples, cleaned.messages, tok, context)
+    trained_is_the_turn_and_nothing_given(ours, cleaned.messages, row)
+    if row.get("tools"):
+        text = tok.apply_chat_template(cleaned.messages, tokenize=False, **context)
+        listed = text[text.index("<tools>") : text.index("</tools>")]
+        assert all(t["function"]["name"] + "(" in listed for t in row["tools"]), listed
+        assert not any("<tools>" in trained for trained in ours.values())

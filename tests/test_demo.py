@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sftlib import date_task, demo, pipeline, shipped
+from sftlib import date_task, demo, modeling, pipeline, shipped
+from sftlib.config import load_config
 from sftlib.errors import SftlibError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,6 +117,22 @@ def test_demo_runs_the_shipped_config_on_the_shipped_data_from_any_folder(
     ]
     assert call["params"] == {"OVERWRITE": "true"}
     assert not (tmp_path / "configs").exists()
+
+
+def test_the_tool_lesson_reads_its_shipped_template_and_data_from_any_folder(
+    pipeline_calls, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    demo.run_demo("out", lesson="tools")
+    (call,) = pipeline_calls
+    assert call["config"] == shipped.config("tool_lesson.yaml")
+    template = shipped.config("templates/chatml_tools.jinja")
+    assert call["overrides"][1:] == [
+        f"dataset.name={shipped.configs_dir() / 'data' / 'weekday_tools'}",
+        f"model.chat_template={template}",
+    ]
+    cfg = load_config(call["config"], call["overrides"])
+    assert modeling.load_tokenizer(cfg.model).chat_template == template.read_text()
 
 
 def test_demo_keeps_a_dataset_the_user_names(pipeline_calls, tmp_path, monkeypatch):
