@@ -86,9 +86,8 @@ def run_demo(
     `config` defaults to the lesson's shipped config (configs/demo.yaml, configs/chat_lesson.yaml). A
     config whose `dataset.name` is a lesson's own `configs/data/...`, or whose `model.chat_template` is a
     `configs/templates/...` file, reads the copy shipped with sftlib, so the demo runs from any working
-    directory. The model is materialized if needed; the
-    trained run goes to OUT/model (replacing an earlier demo run), so everything the demo makes lies
-    under OUT.
+    directory. The model is materialized if needed; the trained run goes to OUT/model (replacing an
+    earlier demo run), so everything the demo makes lies under OUT.
     """
     from sftlib import embedded, shipped
     from sftlib.config import load_config
