@@ -103,11 +103,9 @@ def run_demo(
     if Path(cfg.dataset.name) in shipped_data:
         overrides.append(f"dataset.name={shipped.config(str(Path(cfg.dataset.name).relative_to('configs')))}")
     template = cfg.model.chat_template or ""
-    if (
-        template.startswith("configs/")
-        and (shipped.configs_dir() / template.removeprefix("configs/")).is_file()
-    ):
-        overrides.append(f"model.chat_template={shipped.config(template.removeprefix('configs/'))}")
+    shipped_template = shipped.configs_dir() / template.removeprefix("configs/")
+    if template.startswith("configs/") and shipped_template.is_file():
+        overrides.append(f"model.chat_template={shipped_template}")
     cfg = load_config(config, overrides)
     embedded.resolve(cfg.model.path)
     params = {"OVERWRITE": "true", **LESSONS[lesson][2], **(params or {})}

@@ -2,8 +2,8 @@
 append their results as `tool` messages, generate the answer.
 
 The parser reads the format of the Hermes / Qwen2.5 family of templates (TRL's bundled `qwen2_5`,
-the Qwen3 family, the tool lesson's `configs/templates/chatml_tools.jinja`): each call is a JSON object `{"name": ..., "arguments": {...}}` between
-`<tool_call>` and `</tool_call>`. Whatever the model writes, a malformed call (not JSON, no name,
+the Qwen3 family, the tool lesson's `configs/templates/chatml_tools.jinja`): each call is a JSON
+object `{"name": ..., "arguments": {...}}` between `<tool_call>` and `</tool_call>`. Whatever the model writes, a malformed call (not JSON, no name,
 an unknown tool, arguments the tool does not take) is kept in the transcript with its error and
 scored as a miss; it never stops the loop.
 """

@@ -508,16 +508,25 @@ LESSON_TEMPLATE = Path(__file__).resolve().parents[1] / "configs/templates/chatm
 
 @pytest.fixture(scope="module")
 def lesson_tokenizers(tokenizer):
-    tok = copy.deepcopy(tokenizer)
-    tok.chat_template = LESSON_TEMPLATE.read_text()
-    stops = [tok.convert_tokens_to_ids(s) for s in CHATML_STOPS]
-    return lambda name, variant="": (tok, stops)
+    """vocabulary -> a getter (name, variant) -> (tokenizer with the lesson's template, stop ids)."""
+    cache = {}
+
+    def on(vocabulary):
+        if vocabulary not in cache:
+            tok = copy.deepcopy(tokenizer) if vocabulary == "smollm2" else vocabularies.build(vocabulary)
+            tok.chat_template = LESSON_TEMPLATE.read_text()
+            cache[vocabulary] = tok, [tok.convert_tokens_to_ids(s) for s in CHATML_STOPS]
+        return lambda name, variant="": cache[vocabulary]
+
+    return on
 
 
+@pytest.mark.parametrize("vocabulary", ["smollm2", "qwen3"])  # SmolLM2's, and Qwen's real vocabulary
 @pytest.mark.parametrize("conversation", sorted(CONVERSATIONS))
 def test_the_tool_lessons_template_masks_as_its_markers_do_and_trains_no_tool_list(
-    conversation, lesson_tokenizers
+    conversation, vocabulary, lesson_tokenizers
 ):
+    lesson_tokenizers = lesson_tokenizers(vocabulary)
     messages, row, _ = CONVERSATIONS[conversation]
     drop = expected_drop("qwen2_5", conversation)  # the same messages as qwen2_5: the same drops
     if drop:
