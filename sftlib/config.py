@@ -22,16 +22,21 @@ from sftlib.errors import SftlibError
 DEFAULT_CONFIG = "configs/default_train_config.yaml"
 
 
-@dataclasses.dataclass
-class LoraSettings:
-    """peft.LoraConfig arguments; the defaults are the ones `configs/default_train_config.yaml` writes out."""
-
-    r: int = 16
-    lora_alpha: int = 32
-    target_modules: list[str] | str = dataclasses.field(default_factory=lambda: ["q_proj", "v_proj"])
-    lora_dropout: float = 0.1
-    bias: Literal["none", "all", "lora_only"] = "none"
-    task_type: str = "CAUSAL_LM"
+# `model.lora_config` takes any field of peft.LoraConfig (use_dora, use_rslora, modules_to_save,
+# target_modules: all-linear, init_lora_weights, ...), checked against the dataclass; these are sftlib's
+# defaults for the rest (configs/default_train_config.yaml writes them out).
+LORA_DEFAULTS = {
+    "r": 16,
+    "lora_alpha": 32,
+    "target_modules": ["q_proj", "v_proj"],
+    "lora_dropout": 0.1,
+    "bias": "none",
+    "task_type": "CAUSAL_LM",
+}
+# peft.LoraConfig fields that PEFT fills in itself when it builds or saves an adapter.
+LORA_SET_BY_PEFT = frozenset(
+    ["peft_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision", "inference_mode"]
+)
 
 
 @dataclasses.dataclass
@@ -41,7 +46,7 @@ class ModelConfig:
     dtype: Literal[None, "auto", "float32", "bfloat16", "float16"] = None
     load_in_4bit: bool = False
     use_lora: bool = False
-    lora_config: LoraSettings = dataclasses.field(default_factory=LoraSettings)
+    lora_config: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(LORA_DEFAULTS))
     trust_remote_code: bool = False
     chat_template: str | None = None  # a .jinja file or a template TRL bundles; None: the tokenizer's own
     # transformers' attention name (sdpa, flash_attention_2, flex_attention, eager, ...) or sftlib's
@@ -182,8 +187,7 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
     if not isinstance(lora_raw, dict):
         raise SftlibError("model.lora_config must be a mapping of LoRA settings (r, lora_alpha, ...).")
     model = ModelConfig(
-        lora_config=_build(LoraSettings, lora_raw, "model.lora_config"),
-        **_fields(ModelConfig, model_raw, "model", skip={"lora_config"}),
+        lora_config=validate_lora(lora_raw), **_fields(ModelConfig, model_raw, "model", skip={"lora_config"})
     )
     dataset = _dataset(raw["dataset"])
     training = validate_training(_section(raw, "training") if raw.get("training") is not None else {})
@@ -216,28 +220,56 @@ def _section(raw: dict, name: str) -> dict:
 
 
 def _fields(cls, raw: dict, where: str, skip: set[str] = frozenset()) -> dict:
-    names = [f.name for f in dataclasses.fields(cls)]
-    config_values.check_keys(raw, names, where)
-    hints = typing.get_type_hints(cls)
-    required = [
-        f.name
-        for f in dataclasses.fields(cls)
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
+    """`raw` checked against one of this module's dataclasses: its required fields are there."""
+    required = (
+        f.name for f in dataclasses.fields(cls) if f.default is f.default_factory is dataclasses.MISSING
+    )
     for name in required:
-        if name not in raw or raw[name] in (None, ""):
+        if raw.get(name) in (None, ""):
             raise SftlibError(f"{where}.{name} is required.", f"set `{name}:` under `{where}:`.")
-    out = {}
+    return _checked(raw, init_fields(cls), where, skip)
+
+
+def _checked(raw: dict, fields: dict[str, Any], where: str, skip: set[str] = frozenset()) -> dict:
+    """`raw` without `skip`, every key one of `fields` and every value of its field's type."""
+    config_values.check_keys(raw, fields, where)
     for key, value in raw.items():
-        if key in skip:
-            continue
-        config_values.check_type(value, hints[key], f"{where}.{key}")
-        out[key] = value
-    return out
+        if key not in skip:
+            config_values.check_type(value, fields[key], f"{where}.{key}")
+    return {key: value for key, value in raw.items() if key not in skip}
 
 
 def _build(cls, raw: dict, where: str):
     return cls(**_fields(cls, raw, where))
+
+
+# --------------------------------------------------------------------------- LoRA
+
+
+def init_fields(cls, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """A dataclass's constructor fields and their resolved types, but those in `skip`."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init and f.name not in skip}
+
+
+@functools.cache
+def lora_config_fields() -> dict[str, Any]:
+    """peft.LoraConfig's fields, but those PEFT fills in itself (imported lazily, as trl below)."""
+    import peft
+
+    return init_fields(peft.LoraConfig, LORA_SET_BY_PEFT)
+
+
+def validate_lora(raw: dict[str, Any]) -> dict[str, Any]:
+    """`model.lora_config` checked against peft.LoraConfig (keys and value types), over sftlib's defaults."""
+    if not raw:
+        return dict(LORA_DEFAULTS)
+    for key in raw:
+        if key in LORA_SET_BY_PEFT:
+            raise SftlibError(
+                f"`model.lora_config.{key}` is filled in by PEFT itself.", "remove it from the config."
+            )
+    return {**LORA_DEFAULTS, **_checked(raw, lora_config_fields(), "model.lora_config")}
 
 
 # --------------------------------------------------------------------------- training
@@ -252,11 +284,10 @@ def sft_config_default(name: str) -> Any:
 
 @functools.cache
 def sft_config_fields() -> dict[str, Any]:
-    """SFTConfig's field names and resolved types (imported lazily: trl is slow to import)."""
+    """SFTConfig's fields (imported lazily: trl is slow to import)."""
     import trl
 
-    hints = typing.get_type_hints(trl.SFTConfig)
-    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(trl.SFTConfig) if f.init}
+    return init_fields(trl.SFTConfig)
 
 
 # Fields that this config sets from elsewhere, so two places can't disagree.
@@ -329,11 +360,11 @@ def _check_cross_fields(cfg: RunConfig) -> None:
             "model.load_in_4bit needs model.use_lora: true (4-bit weights can't be trained directly).",
             "set model.use_lora: true for QLoRA, or load_in_4bit: false for full fine-tuning.",
         )
-    if m.lora_config.r <= 0:
-        raise SftlibError(f"model.lora_config.r must be positive, got {m.lora_config.r}.")
-    if not 0 <= m.lora_config.lora_dropout < 1:
+    if m.lora_config["r"] <= 0:
+        raise SftlibError(f"model.lora_config.r must be positive, got {m.lora_config['r']}.")
+    if not 0 <= m.lora_config["lora_dropout"] < 1:
         raise SftlibError(
-            f"model.lora_config.lora_dropout must be in [0, 1), got {m.lora_config.lora_dropout}."
+            f"model.lora_config.lora_dropout must be in [0, 1), got {m.lora_config['lora_dropout']}."
         )
     for n, d in enumerate(cfg.sources):
         _check_source(d, "dataset" if not isinstance(cfg.dataset, list) else f"dataset[{n}]")

@@ -15,27 +15,50 @@ notebook suite on a lesson.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sftlib import date_task
+from sftlib import date_task, tool_lesson
 from sftlib.errors import SftlibError
 
 TASK_NAME = "iso_dates"
-DATA_DIR = Path("configs/data") / TASK_NAME  # how configs name the task's data (shipped: sftlib.shipped)
-CHAT_DATA_DIR = Path("configs/data") / "date_chats"
-TOOL_DATA_DIR = Path("configs/data") / "weekday_tools"  # sftlib.tool_lesson
-LESSONS = {  # config, data, notebook parameters
-    "dates": ("demo.yaml", DATA_DIR, {}),
-    "chat": ("chat_lesson.yaml", CHAT_DATA_DIR, {}),
+
+
+@dataclasses.dataclass(frozen=True)
+class Lesson:
+    """A lesson of `sftlib demo`: its shipped config, the data folder that config names (the copy
+    shipped with sftlib is used), the generator of that data (train, test rows from n_train, n_eval,
+    seed), where its run goes by default, and the notebook parameters it needs."""
+
+    config: str
+    data: Path
+    build: Callable[[int, int, int], tuple[list[dict], list[dict]]]
+    out: str
+    params: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+LESSONS = {
+    "dates": Lesson("demo.yaml", Path("configs/data") / TASK_NAME, date_task.build_demo_rows, "runs/demo"),
+    "chat": Lesson(
+        "chat_lesson.yaml", Path("configs/data/date_chats"), date_task.build_chat_rows, "runs/demo-chat"
+    ),
     # a tool call is about 30 tokens before the answer; notebook 05 runs the loop with the lesson's tool
-    "tools": (
+    "tools": Lesson(
         "tool_lesson.yaml",
-        TOOL_DATA_DIR,
+        Path("configs/data/weekday_tools"),
+        tool_lesson.build_tool_rows,
+        "runs/demo-tools",
         {"TOOLS": "sftlib.tool_lesson:TOOLS", "MAX_NEW_TOKENS": "40"},
     ),
 }
+
+
+def default_out(lesson: str = "dates") -> str:
+    """Where `sftlib demo --lesson LESSON` puts everything when --out is not given."""
+    return LESSONS[lesson].out if lesson in LESSONS else LESSONS["dates"].out
 
 
 def write_jsonl(rows: list[dict], path: Path) -> Path:
@@ -48,22 +71,16 @@ def write_jsonl(rows: list[dict], path: Path) -> Path:
 
 
 def write_demo_dataset(
-    out_dir: Path = DATA_DIR,
+    out_dir: Path | None = None,
     n_train: int = date_task.N_TRAIN,
     n_eval: int = date_task.N_EVAL,
     seed: int = date_task.SEED,
     lesson: str = "dates",
 ) -> dict[str, Path]:
-    """Write a lesson's `train.jsonl` and `test.jsonl` into `out_dir`; return {"train": path, "test": path}."""
-    from sftlib import tool_lesson
-
-    build = {
-        "dates": date_task.build_demo_rows,
-        "chat": date_task.build_chat_rows,
-        "tools": tool_lesson.build_tool_rows,
-    }[lesson]
-    train, test = build(n_train, n_eval, seed)
-    out_dir = Path(out_dir)
+    """Write a lesson's `train.jsonl` and `test.jsonl` into `out_dir` (default: the folder its config
+    names); return {"train": path, "test": path}."""
+    train, test = LESSONS[lesson].build(n_train, n_eval, seed)
+    out_dir = Path(out_dir if out_dir is not None else LESSONS[lesson].data)
     return {
         "train": write_jsonl(train, out_dir / "train.jsonl"),
         "test": write_jsonl(test, out_dir / "test.jsonl"),
@@ -74,33 +91,35 @@ def write_demo_dataset(
 
 
 def run_demo(
-    out: str | Path = "runs/demo",
+    out: str | Path | None = None,
     config: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     params: dict[str, str] | None = None,
     progress: bool = True,
     lesson: str = "dates",
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """The whole suite on a lesson's task: the embedded model fails it, is fine-tuned, then solves it.
 
     `config` defaults to the lesson's shipped config (configs/demo.yaml, configs/chat_lesson.yaml). A
     config whose `dataset.name` is a lesson's own `configs/data/...`, or whose `model.chat_template` is a
     `configs/templates/...` file, reads the copy shipped with sftlib, so the demo runs from any working
-    directory. The model is materialized if needed; the trained run goes to OUT/model (replacing an
-    earlier demo run), so everything the demo makes lies under OUT.
+    directory. The model is materialized if needed; the trained run goes to OUT/model (default OUT: the
+    lesson's, e.g. runs/demo), so everything the demo makes lies under OUT. A finished or interrupted
+    run there is replaced only with `overwrite`, or continued with `resume`.
     """
     from sftlib import embedded, shipped
     from sftlib.config import load_config
-    from sftlib.pipeline import run_pipeline
+    from sftlib.pipeline import run_overrides, run_pipeline
 
     if lesson not in LESSONS:
         raise SftlibError(f"unknown lesson {lesson!r}.", f"use one of: {', '.join(LESSONS)}.")
-    out = Path(out)
-    config = Path(config) if config is not None else shipped.config(LESSONS[lesson][0])
-    overrides = [f"training.output_dir={out / 'model'}", *overrides]
+    out = Path(out if out is not None else default_out(lesson))
+    config = Path(config) if config is not None else shipped.config(LESSONS[lesson].config)
+    overrides = run_overrides(out, overrides)
     cfg = load_config(config, overrides)
-    shipped_data = {data for _, data, _ in LESSONS.values()}
-    if Path(cfg.dataset.name) in shipped_data:
+    if Path(cfg.dataset.name) in {one.data for one in LESSONS.values()}:
         overrides.append(f"dataset.name={shipped.config(str(Path(cfg.dataset.name).relative_to('configs')))}")
     template = cfg.model.chat_template or ""
     shipped_template = shipped.configs_dir() / template.removeprefix("configs/")
@@ -108,8 +127,10 @@ def run_demo(
         overrides.append(f"model.chat_template={shipped_template}")
     cfg = load_config(config, overrides)
     embedded.resolve(cfg.model.path)
-    params = {"OVERWRITE": "true", **LESSONS[lesson][2], **(params or {})}
-    summary = run_pipeline(config, out, overrides, params, progress=progress)
+    params = {**LESSONS[lesson].params, **(params or {})}
+    summary = run_pipeline(
+        config, out, overrides, params, progress=progress, resume=resume, overwrite=overwrite
+    )
     print(demo_report(summary, out, cfg.output_dir))
     return summary
 

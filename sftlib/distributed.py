@@ -51,8 +51,8 @@ def distributed_state(use_cpu: bool):
         raise SftlibError(
             "`accelerate launch --cpu` with more than one process starts a single process unless it is given "
             "an MPI hostfile, so this would train alone while you expect data parallelism.",
-            "drop --cpu: `accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes N -m sftlib train ...` "
-            "runs N processes over gloo when there is no GPU.",
+            "launch without `--cpu`: `accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes N "
+            "-m sftlib train ...` runs N processes over gloo when there is no GPU.",
         )
     state = PartialState(cpu=use_cpu)
     launched = int(os.environ.get("WORLD_SIZE", "1"))

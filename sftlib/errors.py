@@ -47,7 +47,9 @@ def describe_os_error(exc: BaseException) -> SftlibError | None:
         return SftlibError(
             f"the disk is full: no space left on device while writing{where}.",
             "free disk space (delete old runs or checkpoints; training.save_total_limit keeps fewer) or set "
-            "training.output_dir on a disk with room, then run again (a training run continues with --resume).",
+            "training.output_dir on a disk with room, then run the command again (a training run continues "
+            "from its newest checkpoint with `sftlib train ... --resume`, `sftlib pipeline ... --resume` or "
+            "`sftlib demo ... --resume`).",
         )
     if code in (errno.EACCES, errno.EPERM):
         return SftlibError(
@@ -58,7 +60,7 @@ def describe_os_error(exc: BaseException) -> SftlibError | None:
     if code == errno.ENOTDIR or (code == errno.EEXIST and _is_file(getattr(seen, "filename", None))):
         return SftlibError(
             f"a part of the path{where} is a file, not a folder.",
-            "choose a path (training.output_dir, --out) whose parent folders are folders.",
+            "choose a path whose parent folders are all folders (training.output_dir, or the output path you gave).",
         )
     if code == errno.ENOENT:
         return SftlibError(f"no such file or folder{where}.", "check the path, and create its parent folder.")

@@ -23,9 +23,15 @@ class Plain:
     def __init__(self, asked: generate.Prompts):
         self.asked, self.source, self.prompts = asked, asked.source, asked.prompts
 
-    def answer(self, model, tokenizer, max_new_tokens: int, batch_size: int) -> list[str]:
+    def answer(self, model, tokenizer, max_new_tokens: int, batch_size: int, label: str = "") -> list[str]:
         return generate.generate(
-            model, tokenizer, self.prompts, max_new_tokens, batch_size, contexts=self.asked.contexts
+            model,
+            tokenizer,
+            self.prompts,
+            max_new_tokens,
+            batch_size,
+            contexts=self.asked.contexts,
+            label=label,
         )
 
     def scores(self, base: list[str], tuned: list[str]) -> dict:
@@ -47,7 +53,9 @@ class ToolLoop:
     def __init__(self, cases: tool_loop.Cases, tools: dict[str, Callable]):
         self.cases, self.tools, self.prompts = cases, tools, cases.prompts
 
-    def answer(self, model, tokenizer, max_new_tokens: int, batch_size: int) -> list[tool_loop.Transcript]:
+    def answer(
+        self, model, tokenizer, max_new_tokens: int, batch_size: int, label: str = ""
+    ) -> list[tool_loop.Transcript]:
         return tool_loop.run_loop(
             model,
             tokenizer,
@@ -56,6 +64,7 @@ class ToolLoop:
             self.tools,
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
+            label=label,
         )
 
     def scores(self, base, tuned) -> dict:

@@ -248,18 +248,20 @@ def generate(
     batch_size: int = 16,
     progress: bool = True,
     contexts: list[dict | None] | None = None,
+    label: str = "",
 ) -> list[str]:
     """Greedy answers for `prompts`, in order: only the new text, without special tokens.
 
     `contexts`: per chat prompt, the chat-template arguments to render it with (`Prompts.contexts`:
-    the row's tools and chat-template kwargs, as in training); None renders with none.
+    the row's tools and chat-template kwargs, as in training); None renders with none. `progress`
+    prints a line per tenth of the prompts (`sftlib.progress`), `[generate LABEL]`.
 
     Prompts are batched by token length (less padding) and left-padded; decoding stops at one of the
     model's stop tokens (`modeling.stop_ids`, the set masking trains) or after `max_new_tokens`.
     """
     import torch
-    from tqdm.auto import tqdm
 
+    from sftlib import progress as progress_lines
     from sftlib.modeling import stop_ids
 
     if not prompts:
@@ -273,7 +275,8 @@ def generate(
     outputs: list[str | None] = [None] * len(texts)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     device = next(model.parameters()).device
-    for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress):
+    lines = progress_lines.Lines(f"generate {label}".strip(), len(texts), "prompts") if progress else None
+    for batch in batches:
         enc = tokenizer(
             [texts[i] for i in batch],
             return_tensors="pt",
@@ -295,4 +298,6 @@ def generate(
         new_tokens = out[:, enc["input_ids"].shape[1] :]
         for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
             outputs[i] = text
+        if lines is not None:
+            lines.update(sum(o is not None for o in outputs))
     return outputs

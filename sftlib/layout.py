@@ -6,6 +6,7 @@ Read without importing any ML library, so a launcher can check the folder before
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -39,8 +40,24 @@ def finished_artifacts(output_dir: str | Path) -> list[Path]:
     return [out / name for name in names if (out / name).exists()]
 
 
-def check_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to train into a finished or an interrupted run unless --overwrite or --resume says so.
+@dataclasses.dataclass(frozen=True)
+class Controls:
+    """How the user asks to replace or to continue a run, in the words of what they ran: the flags of
+    `sftlib train`, `pipeline` and `demo`, or notebook 03's parameters. Fix lines name these."""
+
+    verb: str = "pass"
+    overwrite: str = "--overwrite"
+    resume: str = "--resume"
+    without_resume: str = "run without --resume"
+
+
+CLI = Controls()
+NOTEBOOK = Controls("set", "OVERWRITE = True", "RESUME = True", "set RESUME = False")
+
+
+def check_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool, how: Controls = CLI) -> None:
+    """Refuse to train into a finished or an interrupted run unless overwrite or resume says so; `how`
+    names those controls in the Fix.
 
     Reads only: a refused run leaves every file in `output_dir` as it was.
     """
@@ -51,10 +68,12 @@ def check_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool) -
     if finished:
         raise SftlibError(
             f"{out} already holds a finished run ({finished[0].name}).",
-            "pass --overwrite to replace it, --resume to continue it, or choose another training.output_dir.",
+            f"{how.verb} {how.overwrite} to replace it, {how.resume} to continue it, or choose another "
+            "training.output_dir.",
         )
     if checkpoint_dirs(out):
         raise SftlibError(
             f"{out} holds checkpoints of an unfinished run.",
-            "pass --resume to continue it, --overwrite to start afresh, or choose another training.output_dir.",
+            f"{how.verb} {how.resume} to continue it, {how.overwrite} to start afresh, or choose another "
+            "training.output_dir.",
         )

@@ -243,29 +243,29 @@ def this_process_device_map() -> dict[str, int | str]:
 
 
 def lora_config(model_cfg: ModelConfig, model=None):
-    """peft.LoraConfig from `model.lora_config`, checking the target modules exist in `model`."""
+    """peft.LoraConfig from `model.lora_config` (any of its fields), checking that the target modules
+    exist in `model`; PEFT's own refusal of a combination is one error naming the section."""
     from peft import LoraConfig
 
-    lc = model_cfg.lora_config
+    settings = model_cfg.lora_config
     if model is not None:
-        check_target_modules(model, lc.target_modules)
-    return LoraConfig(
-        r=lc.r,
-        lora_alpha=lc.lora_alpha,
-        target_modules=lc.target_modules,
-        lora_dropout=lc.lora_dropout,
-        bias=lc.bias,
-        task_type=lc.task_type,
-    )
+        check_target_modules(model, settings.get("target_modules"))
+    try:
+        return LoraConfig(**settings)
+    except (ValueError, TypeError) as exc:
+        raise SftlibError(
+            f"peft.LoraConfig refuses model.lora_config: {first_line(exc)}",
+            "change model.lora_config as PEFT says (its fields: https://huggingface.co/docs/peft).",
+        ) from None
 
 
-def check_target_modules(model, targets: list[str] | str) -> None:
+def check_target_modules(model, targets: list[str] | str | None) -> None:
     import torch
 
     linear = sorted(
         {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if _is_linear(mod, torch)}
     )
-    if isinstance(targets, str):  # "all-linear" or a regex: PEFT checks these itself
+    if targets is None or isinstance(targets, str):  # "all-linear", a regex, PEFT's defaults: PEFT checks
         return
     missing = [t for t in targets if t not in linear]
     if missing:

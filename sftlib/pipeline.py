@@ -145,14 +145,14 @@ def resolve_parameters(paths: list[Path], given: dict[str, Any], raw: dict[str, 
 
 def check_before_running(config, overrides, per_notebook: dict[Path, dict]) -> None:
     """Check what the notebooks will need before the first kernel starts, so a run fails only on what
-        can't be known up front: the config; the tokenizer and chat template; the data, its masks and the
-        drop gate (the prepare pass, which datasets caches for the notebooks); an output_dir training may
-        write into (when a notebook declares OVERWRITE); prompts to generate for, or tool chats and the tools
-    to run them with (when one declares PROMPTS, and TOOLS).
-        Keyed by the parameters the notebooks declare, so the pipeline still names no notebook."""
+    can't be known up front: the config; the tokenizer and chat template; the data, its masks and the
+    drop gate (the prepare pass, which datasets caches for the notebooks); an output_dir training may
+    write into, or a checkpoint to resume from (when a notebook declares OVERWRITE and RESUME); prompts
+    to generate for, or tool chats and the tools to run them with (when one declares PROMPTS, and TOOLS).
+    Keyed by the parameters the notebooks declare, so the pipeline still names no notebook."""
     import ast
 
-    from sftlib import dataset, evaluate, layout, modeling
+    from sftlib import checkpoints, dataset, evaluate, layout, modeling
     from sftlib.config import load_config
 
     cfg = load_config(config, list(overrides))
@@ -162,9 +162,39 @@ def check_before_running(config, overrides, per_notebook: dict[Path, dict]) -> N
             values.setdefault(name, given[name] if name in given else ast.literal_eval(info["default"]))
     dataset.prepare(cfg, modeling.load_tokenizer(cfg.model))
     if "OVERWRITE" in values:
-        layout.check_output_dir(cfg.output_dir, resume=False, overwrite=bool(values["OVERWRITE"]))
+        resume = bool(values.get("RESUME"))
+        layout.check_output_dir(cfg.output_dir, resume=resume, overwrite=bool(values["OVERWRITE"]))
+        if resume:
+            checkpoints.resume_checkpoint(cfg.output_dir)
     if "PROMPTS" in values:
         evaluate.for_notebook(cfg, 1, values["PROMPTS"] or None, values.get("TOOLS") or "")
+
+
+def run_overrides(out: str | Path, overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """`overrides` with the run trained into OUT/model, so that everything a pipeline makes lies under
+    OUT; an override of training.output_dir among them wins."""
+    if any(item.partition("=")[0].strip() == "training.output_dir" for item in overrides):
+        return list(overrides)
+    return [f"training.output_dir={Path(out) / 'model'}", *overrides]
+
+
+class _ProgressLines:
+    """A file for papermill's kernel stdout: passes each whole progress line (sftlib.progress) on to
+    stderr, indented under the notebook's own line, and drops the rest (it stays in the notebook)."""
+
+    def __init__(self):
+        self.pending = ""
+
+    def write(self, text: str) -> None:
+        from sftlib.progress import is_progress
+
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            if is_progress(line):
+                print(line, file=sys.stderr, flush=True)
+
+    def flush(self) -> None:
+        pass
 
 
 def run_pipeline(
@@ -176,22 +206,36 @@ def run_pipeline(
     progress: bool = True,
     export_html: bool = True,
     suite: Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Execute the notebooks in order; returns (and writes to OUT/summary.json) the merged summary.
 
     `params` maps names to `-p` text, typed by each notebook's declaration. CONFIG, OVERRIDES and
-    RUN_DIR are filled from `config`, `overrides` and `out` for every notebook that declares them.
-    The kernels run in this process's working directory, the one relative paths in `config`,
-    `overrides` and `out` are relative to.
+    RUN_DIR are filled from `config`, `overrides` and `out` for every notebook that declares them, and
+    OVERWRITE and RESUME from `overwrite` and `resume`. The run trains into OUT/model unless
+    `overrides` set training.output_dir. The kernels run in this process's working directory, the one
+    relative paths in `config`, `overrides` and `out` are relative to. `progress`: the notebooks'
+    progress lines (training steps, generation) are passed on to stderr as they come.
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
+    if resume and overwrite:
+        raise SftlibError("--resume and --overwrite are both given.", "pass one of them.")
+    overrides = run_overrides(out, overrides)
     out = Path(out).resolve()
     paths = notebooks(only, suite)
     lifted = summary_keys(paths)
     given = {"CONFIG": str(Path(config).resolve()), "OVERRIDES": list(overrides), "RUN_DIR": str(out)}
+    given |= {name: True for name, on in (("OVERWRITE", overwrite), ("RESUME", resume)) if on}
     per_notebook = resolve_parameters(paths, given, dict(params or {}))
+    for name in given.keys() & {"OVERWRITE", "RESUME"}:
+        if not any(name in declared for declared in per_notebook.values()):
+            raise SftlibError(
+                f"--{name.lower()} applies to the notebook that trains, and no selected notebook trains.",
+                f"drop --{name.lower()}, or select the training notebook too (--only).",
+            )
     check_before_running(config, overrides, per_notebook)  # before any kernel starts
     out.mkdir(parents=True, exist_ok=True)
 
@@ -208,7 +252,8 @@ def run_pipeline(
                     str(executed),
                     parameters=per_notebook[path],
                     kernel_name=kernel_name,
-                    progress_bar=progress,
+                    progress_bar=False,
+                    stdout_file=_ProgressLines() if progress else None,
                     language="python",
                     config=_kernel_transport(),
                 )
@@ -288,7 +333,7 @@ def export_to_html(executed: Path) -> Path:
         raise SftlibError(
             f"nbconvert can't find its HTML templates, so {executed.name} ran but was not exported "
             f"({str(exc).splitlines()[0].rstrip(': ')}).",
-            "reinstall nbconvert into the environment (pip install --force-reinstall nbconvert), or set "
+            "reinstall nbconvert into the environment (`pip install --force-reinstall nbconvert`), or set "
             "JUPYTER_PATH to the share/jupyter folder that holds nbconvert/templates.",
         ) from None
     target = executed.with_suffix(".html")

@@ -201,7 +201,7 @@ def decide_precision(cfg, args, seconds: dict[str, float] | None) -> tuple[str, 
     if args.world_size > 1:
         why += ", timed on rank 0"
     # Every weight of the base: the trainer's PEFT wrapping freezes them all and adds fp32 adapters.
-    frozen_base = cfg.model.use_lora and cfg.model.lora_config.bias == "none" and not is_sharded(args)
+    frozen_base = cfg.model.use_lora and cfg.model.lora_config["bias"] == "none" and not is_sharded(args)
     return choice, why, "bfloat16" if choice == "bf16" and frozen_base else None
 
 

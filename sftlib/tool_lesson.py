@@ -17,11 +17,9 @@ Dates come from the dates task (sftlib.date_task), so held-out dates never occur
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 from sftlib import date_task
 
-DATA_DIR = Path("configs/data") / "weekday_tools"
 N_TRAIN = 600
 N_EVAL = 64
 SYSTEM = "You answer questions about dates. Call a tool when a question needs one."

@@ -93,13 +93,17 @@ def run_loop(
     prompts: list[list[dict]],
     contexts: list[dict],
     tools: dict[str, Callable],
+    label: str = "",
     **generate_kwargs,
 ) -> list[Transcript]:
     """Each prompt through one round of tool calls: prompts whose first generation calls tools get the
-    results appended as `tool` messages and are generated again for the answer. Batched per round."""
+    results appended as `tool` messages and are generated again for the answer. Batched per round;
+    `label` names the model in the progress lines."""
     from sftlib.generate import generate
 
-    firsts = generate(model, tokenizer, prompts, contexts=contexts, **generate_kwargs)
+    firsts = generate(
+        model, tokenizer, prompts, contexts=contexts, label=f"{label} first turns".strip(), **generate_kwargs
+    )
     transcripts, follow = [], []
     for k, text in enumerate(firsts):
         t = Transcript(first=text)
@@ -121,6 +125,7 @@ def run_loop(
             tokenizer,
             [m for _, m in follow],
             contexts=[contexts[k] for k, _ in follow],
+            label=f"{label} answers after tool results".strip(),
             **generate_kwargs,
         )
         for (k, _), text in zip(follow, answers, strict=True):

@@ -15,7 +15,7 @@ from typing import Any
 
 from sftlib.config import RunConfig, load_config, write_resolved
 from sftlib.errors import SftlibError
-from sftlib.layout import ADAPTER_DIRNAME
+from sftlib.layout import ADAPTER_DIRNAME, CLI, NOTEBOOK, Controls
 from sftlib.noise import library_deprecations
 from sftlib.outputs import read_run_info
 from sftlib.sft_args import sft_config
@@ -24,24 +24,30 @@ log = logging.getLogger("sftlib")
 
 
 def train(
-    cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, launcher_holds_workers: bool = False
+    cfg: RunConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    launcher_holds_workers: bool = False,
+    how: Controls = CLI,
 ) -> dict[str, Any]:
     """Fine-tune as configured; returns the run info (also written to output_dir/run_info.json).
 
     The main process merges once the other ranks have left the process group and exited.
     `launcher_holds_workers`: the launcher keeps every worker until all have returned
     (accelerate.notebook_launcher, through torch elastic), so the merge can't wait for the others to
-    exit; they have left the collective and freed their model.
+    exit; they have left the collective and freed their model. `how`: the controls an error about
+    output_dir names (the CLI's flags, or notebook 03's parameters, which also print progress lines).
     """
-    from sftlib import checkpoints, dataset, distributed, guards, layout, modeling, outputs
+    from sftlib import checkpoints, dataset, distributed, guards, layout, modeling, outputs, progress
     from sftlib.trainer import build_trainer
 
     args = sft_config(cfg)
     state = distributed.distributed_state(args.use_cpu)
     distributed.check_supported(cfg.model)
     out = cfg.output_dir
-    layout.check_output_dir(out, resume=resume, overwrite=overwrite)
-    resume_from = checkpoints.resume_checkpoint(out) if resume else None
+    layout.check_output_dir(out, resume=resume, overwrite=overwrite, how=how)
+    resume_from = checkpoints.resume_checkpoint(out, how) if resume else None
     if overwrite and not resume and state.is_main_process:
         outputs.clear_output_dir(out)
     state.wait_for_everyone()
@@ -61,6 +67,8 @@ def train(
         trainer = build_trainer(
             cfg, model, tokenizer, data.train, data.eval, peft_config, loss_check=guards.FiniteLoss(cfg)
         )
+    if how == NOTEBOOK and state.is_main_process:  # a kernel: the pipeline passes these lines to its terminal
+        trainer.add_callback(progress.training_lines())
     with guards.guarded(trainer, cfg):  # complete checkpoints, SIGINT/SIGTERM
         result = trainer.train(resume_from_checkpoint=resume_from)
     fingerprints = distributed.check_ranks_agree(trainer.model)  # SftlibError if ranks trained apart
@@ -131,10 +139,13 @@ def run_from_files(
     resume: bool = False,
     overwrite: bool = False,
     launcher_holds_workers: bool = False,
+    how: Controls = CLI,
 ) -> dict:
     """Entry used by the CLI and by each process that `launch` starts (see `train`)."""
     cfg = load_config(config_path, overrides)
-    return train(cfg, resume=resume, overwrite=overwrite, launcher_holds_workers=launcher_holds_workers)
+    return train(
+        cfg, resume=resume, overwrite=overwrite, launcher_holds_workers=launcher_holds_workers, how=how
+    )
 
 
 def launch(
@@ -161,7 +172,9 @@ def launch(
     if num_processes < 1:
         raise SftlibError(f"num_processes must be at least 1, got {num_processes}.")
     # Before any worker starts: a refused output_dir is one error here, not one per worker.
-    layout.check_output_dir(output_dir_of(config_path, overrides), resume=resume, overwrite=overwrite)
+    layout.check_output_dir(
+        output_dir_of(config_path, overrides), resume=resume, overwrite=overwrite, how=NOTEBOOK
+    )
     if accelerate_config:
         from sftlib import distributed
 
@@ -175,7 +188,7 @@ def launch(
         )
         distributed.run_streaming(cmd)
     elif num_processes == 1:
-        return run_from_files(config_path, list(overrides), resume, overwrite)
+        return run_from_files(config_path, list(overrides), resume, overwrite, how=NOTEBOOK)
     else:
         import sys
 
@@ -192,7 +205,7 @@ def launch(
         with distributed.worker_errors() as errors:
             notebook_launcher(
                 distributed.reporting_errors(run_from_files, errors),
-                args=(config_path, list(overrides), resume, overwrite, True),
+                args=(config_path, list(overrides), resume, overwrite, True, NOTEBOOK),
                 num_processes=num_processes,
                 use_port=str(distributed.free_port()),
             )

@@ -1,6 +1,22 @@
+import os
+
 import pytest
 
 from sftlib import embedded
+
+
+def require(available: bool, what: str, install: str) -> None:
+    """Skip a test that needs `what` where it is missing, naming it and the command that installs it.
+
+    Under CI=true a missing requirement fails the test instead: CI installs everything first (.ci/run),
+    so a skip there would hide a test that never ran.
+    """
+    if available:
+        return
+    reason = f"needs {what}, which is not here; to run it: {install}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: .ci/run installs it before the tests)")
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

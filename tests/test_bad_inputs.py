@@ -330,7 +330,7 @@ def test_masks_with_a_full_disk_raised_inside_a_library(ws, capsys, monkeypatch)
 
 def test_masks_out_under_a_regular_file(ws, capsys):
     code, err = run_cli(["masks", "--config", ws.config(), "--out", ws.file / "m.jsonl"], capsys)
-    assert_clear_error(code, err, "is a file, not a folder", "--out")
+    assert_clear_error(code, err, "is a file, not a folder", "the output path you gave")
 
 
 def test_training_into_a_finished_run(ws, capsys):

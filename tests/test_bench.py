@@ -85,7 +85,7 @@ def test_model_flops_count_lora_as_four_n_and_full_fine_tuning_as_six_n():
 
 
 def test_the_table_reports_both_sides_and_leaves_out_gpu_memory_on_a_cpu(sides):
-    cpu = {"mfu_bf16": 0.1, "mfu_best": 0.05, "mfu_model_bf16": 0.2, "peak_gpu_mb": None}  # as on a CPU
+    cpu = {"mfu_bf16": 0.1, "mfu_best": 0.05, "mfu_model": 0.2, "peak_gpu_mb": None}  # as on a CPU
     result = {
         "baseline": {**sides["baseline"], **cpu},
         "sftlib": {**sides["sftlib"], **cpu},
@@ -103,6 +103,33 @@ def test_the_table_reports_both_sides_and_leaves_out_gpu_memory_on_a_cpu(sides):
     assert "oneDNN capped" not in table
     result["machine"]["onednn_max_cpu_isa"] = "AVX512_CORE"
     assert "oneDNN capped at AVX512_CORE" in compare.format_table(result)
+
+
+def test_without_native_bf16_only_fp32_ceilings_are_timed_and_the_table_says_so(monkeypatch, sides):
+    from sftlib import modeling
+    from sftlib.config import load_config
+
+    monkeypatch.setattr(modeling, "cpu_has_fast_bf16", lambda: False)  # as on a CPU with emulated bf16
+    assert machine.usable_precisions("cpu") == ("float32",)
+    monkeypatch.setattr(
+        machine, "model_shape_ceilings", lambda cfg, device, precisions: {"precisions": precisions}
+    )
+    ceilings = machine.ceilings(load_config("configs/tiny.yaml"), "cpu", machine.usable_precisions("cpu"))
+    assert ceilings["bf16_gflops"] is None and ceilings["fp32_gflops"] > 0
+    assert ceilings["model_shapes"] == {"precisions": ("float32",)}
+    cpu = {"mfu_bf16": None, "mfu_best": 0.05, "mfu_model": 0.2, "peak_gpu_mb": None}
+    result = {
+        "baseline": {**sides["baseline"], **cpu},
+        "sftlib": {**sides["sftlib"], **cpu},
+        "speedup": 2.0,
+        "rss_ratio": 0.9,
+        "gpu_memory_ratio": None,
+        "ceilings": ceilings,
+        "machine": {"load_average": (1.0, 1.0, 1.0), "cores": 2, "cpu": "AMD EPYC", "cpu_native_bf16": False},
+    }
+    table = compare.format_table(result)
+    assert "MFU (bf16 ceiling)" not in table and "(bf16 not timed: emulated here)" in table
+    assert "bf16 0 GFLOP/s" not in table and "fp32" in table
 
 
 def test_model_shape_ceilings_time_the_models_own_linear_layers():

@@ -3,8 +3,8 @@
 Runs every cell of each notebook as a learner would (Run All Cells), then checks that no cell failed,
 that the example browser is a live widget whose example changes with it, and that the masking view
 colours exactly the tokens `sftlib masks` trains. Autosave is off and the tracked notebooks are
-compared byte for byte afterwards: the test never rewrites them. CI installs Chromium and its driver
-(`.ci/run`); without them this test fails rather than skips.
+compared byte for byte afterwards: the test never rewrites them. Without Chromium and its driver
+the test skips, naming the command that installs them; under CI=true (`.ci/run` installs them) it fails.
 """
 
 import json
@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import require
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ("01_explore_dataset", "02_verify_masking")
@@ -69,7 +71,11 @@ def lab(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     missing = [name for name in ("chromium", "chromedriver") if shutil.which(name) is None]
-    assert not missing, f"{missing} not installed: apt-get install chromium chromium-driver (.ci/run does)"
+    require(
+        not missing,
+        f"Chromium and its driver ({', '.join(missing)} missing)",
+        "sudo apt-get install chromium chromium-driver (Debian and Ubuntu)",
+    )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

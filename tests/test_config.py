@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sftlib.config import load_config, write_resolved
+from sftlib.config import LORA_DEFAULTS, load_config, write_resolved
 from sftlib.errors import SftlibError
 
 BASE = {
@@ -33,15 +33,14 @@ def with_change(dotted: str, value):
 
 def test_seed_defaults_fill_lora_settings(tmp_path):
     cfg = load_config(write(tmp_path, BASE))
-    lc = cfg.model.lora_config
-    assert (lc.r, lc.lora_alpha, lc.target_modules, lc.lora_dropout, lc.bias, lc.task_type) == (
-        16,
-        32,
-        ["q_proj", "v_proj"],
-        0.1,
-        "none",
-        "CAUSAL_LM",
-    )
+    assert cfg.model.lora_config == {
+        "r": 16,
+        "lora_alpha": 32,
+        "target_modules": ["q_proj", "v_proj"],
+        "lora_dropout": 0.1,
+        "bias": "none",
+        "task_type": "CAUSAL_LM",
+    }
     assert cfg.model.trust_remote_code is False
     assert cfg.model.dtype is None and cfg.model.load_in_4bit is False and cfg.model.use_lora is False
 
@@ -64,8 +63,40 @@ def test_set_overrides_any_value_with_yaml_typing(tmp_path):
         ["training.max_steps=3", "model.lora_config.target_modules=[q_proj, k_proj]", "model.use_lora=true"],
     )
     assert cfg.training["max_steps"] == 3
-    assert cfg.model.lora_config.target_modules == ["q_proj", "k_proj"]
+    assert cfg.model.lora_config["target_modules"] == ["q_proj", "k_proj"]
     assert cfg.model.use_lora is True
+
+
+def test_lora_config_takes_any_peft_field_over_sftlibs_defaults(tmp_path):
+    settings = {
+        "use_dora": True,
+        "use_rslora": True,
+        "modules_to_save": ["lm_head"],
+        "target_modules": "all-linear",
+        "init_lora_weights": "gaussian",
+        "layers_to_transform": [0, 1],
+    }
+    cfg = load_config(write(tmp_path, with_change("model.lora_config", settings)))
+    assert cfg.model.lora_config == {**LORA_DEFAULTS, **settings}
+    again = load_config(write_resolved(cfg, tmp_path / "out"))
+    assert again.model.lora_config == cfg.model.lora_config
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "said", "hint"),
+    [
+        ("use_dorra", True, "unknown config key `model.lora_config.use_dorra`", "`use_dora`"),
+        ("use_dora", "yes", "`model.lora_config.use_dora` is 'yes'", "expected bool"),
+        ("init_lora_weights", "random", "`model.lora_config.init_lora_weights`", "expected"),
+        ("peft_type", "LORA", "`model.lora_config.peft_type` is filled in by PEFT", "remove it"),
+    ],
+)
+def test_a_bad_lora_setting_is_refused_with_peft_s_field_and_the_nearest_key(
+    tmp_path, key, value, said, hint
+):
+    with pytest.raises(SftlibError) as err:
+        load_config(write(tmp_path, with_change(f"model.lora_config.{key}", value)))
+    assert said in str(err.value) and hint in str(err.value)
 
 
 def test_resolved_config_round_trips(tmp_path):

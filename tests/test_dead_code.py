@@ -13,7 +13,7 @@ import vulture
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = """
-_.on_step_begin, _.on_step_end, _.on_epoch_end, _.on_save  # transformers.TrainerCallback: the Trainer calls them
+_.on_step_begin, _.on_step_end, _.on_epoch_end, _.on_save, _.on_train_begin, _.on_log  # transformers.TrainerCallback: the Trainer calls them
 _.should_training_stop  # transformers.TrainerControl: read by the Trainer
 _.error  # argparse.ArgumentParser.error: argparse calls it on a usage error
 frame  # signal handlers take (signum, frame)

@@ -12,7 +12,7 @@ from sftlib.config import load_config
 from sftlib.errors import SftlibError
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMITTED = ROOT / demo.DATA_DIR
+COMMITTED = ROOT / demo.LESSONS["dates"].data
 
 
 def test_build_demo_rows_is_deterministic_for_a_seed():
@@ -95,8 +95,17 @@ def pipeline_calls(monkeypatch):
     """run_pipeline replaced by a recorder returning a scored summary: what the demo would run."""
     calls = []
 
-    def fake(config, out, overrides, params, progress=True):
-        calls.append({"config": Path(config), "out": out, "overrides": overrides, "params": params})
+    def fake(config, out, overrides, params, progress=True, resume=False, overwrite=False):
+        calls.append(
+            {
+                "config": Path(config),
+                "out": out,
+                "overrides": overrides,
+                "params": params,
+                "resume": resume,
+                "overwrite": overwrite,
+            }
+        )
         scores = {"exact_match": 50.0, "token_f1": 75.0, "n": 2}
         return {"base": scores, "tuned": scores, "eval_examples": 2}
 
@@ -115,8 +124,28 @@ def test_demo_runs_the_shipped_config_on_the_shipped_data_from_any_folder(
         "training.output_dir=out/model",
         f"dataset.name={shipped.configs_dir() / 'data' / demo.TASK_NAME}",
     ]
-    assert call["params"] == {"OVERWRITE": "true"}
+    assert call["params"] == {} and not call["resume"] and not call["overwrite"]  # a finished run is kept
     assert not (tmp_path / "configs").exists()
+
+
+@pytest.mark.parametrize(
+    ("lesson", "out"), [("dates", "runs/demo"), ("chat", "runs/demo-chat"), ("tools", "runs/demo-tools")]
+)
+def test_each_lesson_runs_into_its_own_folder_and_passes_resume_and_overwrite_on(
+    pipeline_calls, tmp_path, monkeypatch, lesson, out
+):
+    monkeypatch.chdir(tmp_path)
+    demo.run_demo(lesson=lesson, resume=True)
+    demo.run_demo(lesson=lesson, overwrite=True)
+    first, second = pipeline_calls
+    assert first["out"] == second["out"] == Path(out) and demo.default_out(lesson) == out
+    assert first["overrides"][0] == f"training.output_dir={Path(out) / 'model'}"
+    assert (first["resume"], first["overwrite"], second["resume"], second["overwrite"]) == (
+        True,
+        False,
+        False,
+        True,
+    )
 
 
 def test_the_tool_lesson_reads_its_shipped_template_and_data_from_any_folder(
@@ -141,7 +170,7 @@ def test_demo_keeps_a_dataset_the_user_names(pipeline_calls, tmp_path, monkeypat
     demo.run_demo("out", overrides=["dataset.name=mine"], params={"NUM_EXAMPLES": "2"})
     (call,) = pipeline_calls
     assert call["overrides"] == ["training.output_dir=out/model", "dataset.name=mine"]  # relative to here
-    assert call["params"] == {"OVERWRITE": "true", "NUM_EXAMPLES": "2"}
+    assert call["params"] == {"NUM_EXAMPLES": "2"}
 
 
 def test_demo_report_names_what_was_made_and_the_scores(tmp_path):
@@ -161,7 +190,7 @@ def test_demo_report_names_what_was_made_and_the_scores(tmp_path):
 def test_committed_chat_lesson_files_are_what_the_generator_writes(tmp_path):
     paths = demo.write_demo_dataset(tmp_path, n_train=date_task.N_CHAT_TRAIN, lesson="chat")
     for split in ("train", "test"):
-        committed = Path(demo.CHAT_DATA_DIR) / f"{split}.jsonl"
+        committed = Path(demo.LESSONS["chat"].data) / f"{split}.jsonl"
         assert paths[split].read_bytes() == (ROOT / committed).read_bytes(), f"{committed} is stale"
 
 

@@ -11,8 +11,10 @@
 - Every YAML block holding config sections loads as a run config.
 - Every table row has as many cells as its header (a pipe inside code is escaped, as GitHub needs).
 - Every module of sftlib/ is in the module map of docs/architecture.md; every row of docs/benchmarks.md
-  names its command, machine, date and commit (a commit of this repository); the version ranges on
-  docs/install.md are pyproject.toml's, and the tested versions the lock's.
+  names its command, machine and date; the version ranges on docs/install.md are pyproject.toml's, and
+  the tested versions the lock's.
+- README.md and docs/ name no commit of this repository: they describe what is, not its history
+  (CHANGELOG.md keeps that).
 
 Each checker is first run on a snippet it must refuse, so a checker that stopped seeing anything
 fails here too.
@@ -26,10 +28,10 @@ import io
 import re
 import shlex
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 import yaml
 
 from sftlib import cli
@@ -314,6 +316,16 @@ def issue_problems(text: str, page: Path) -> list[str]:
     return [f"{page.name}: names an issue ({m.group(0)!r})" for m in ISSUE.finditer(text)]
 
 
+HEX = re.compile(r"(?<![\w./-])[0-9a-f]{7,40}(?![\w-])")
+
+
+def commit_problems(text: str, page: Path) -> list[str]:
+    """A user page names no commit of this repository (the CHANGELOG may)."""
+    if page.name == "CHANGELOG.md":
+        return []
+    return [f"{page.name}: names commit {m.group(0)}" for m in HEX.finditer(text) if is_commit(m.group(0))]
+
+
 CHECKS = (
     link_problems,
     path_problems,
@@ -322,6 +334,7 @@ CHECKS = (
     table_problems,
     config_problems,
     issue_problems,
+    commit_problems,
 )
 
 
@@ -336,6 +349,7 @@ BAD = {
     table_problems: "| a | b |\n| --- | --- |\n| `<|im_end|>` | x |\n| one cell |\n",
     config_problems: "```yaml\ntraining:\n  learning_rat: 1\n```\n```yaml\ndataset: {name: x, fraction: 2}\n```",
     issue_problems: "Fixed in issue 16 (#16).",
+    commit_problems: "Measured at a27eaf7, and again at cbc347f.",
 }
 GOOD = {
     link_problems: "See [masking](docs/masking.md#the-audit) and [the web](https://example.org/x.md).",
@@ -345,6 +359,7 @@ GOOD = {
     table_problems: "| a | b |\n| --- | --- |\n| `<\\|im_end\\|>` | x |\n",
     config_problems: "```yaml\ndataset:\n  - {name: a.jsonl, train_on: last_assistant}\n  - {name: b.jsonl, fraction: 0.5}\n```",
     issue_problems: "See [the GPU check](docs/scaling.md#gpu-check).",
+    commit_problems: "A digest such as deadbeef00 names no commit; nor does `sha256:0123abc`.",
 }
 
 
@@ -411,33 +426,28 @@ def is_commit(ref: str) -> bool:
 
 
 def benchmark_problems(text: str) -> list[str]:
-    """Rows of measured figures that don't name their command, machine, date (YYYY-MM-DD) and commit."""
+    """Rows of measured figures that don't name their command, machine and date (YYYY-MM-DD)."""
     rows, problems = table_rows(text), []
     if not rows:
         return ["no table of figures"]
     for row in rows:
-        if not {"command", "machine", "date", "commit"} <= set(row):
-            problems.append(f"a table without command, machine, date and commit columns: {row}")
-        elif "to be measured" not in row.values() and not (
-            row["command"]
-            and row["machine"]
-            and re.fullmatch(r"\d{4}-\d{2}-\d{2}", row["date"])
-            and is_commit(row["commit"])
-        ):
-            problems.append(f"a row without its command, machine, date or commit: {row}")
+        if not {"command", "machine", "date"} <= set(row):
+            problems.append(f"a table without command, machine and date columns: {row}")
+        elif not (row["command"] and row["machine"] and re.fullmatch(r"\d{4}-\d{2}-\d{2}", row["date"])):
+            problems.append(f"a row without its command, machine or date: {row}")
     return problems
 
 
-def test_every_benchmark_row_names_its_command_machine_date_and_commit():
+def test_every_benchmark_row_names_its_command_machine_and_date():
     assert benchmark_problems((ROOT / "docs/benchmarks.md").read_text()) == []
 
 
-def test_the_benchmark_check_refuses_rows_without_a_date_a_commit_or_the_columns():
-    head = "| what | command | machine | date | commit |\n| --- | --- | --- | --- | --- |\n"
-    assert len(benchmark_problems(head + "| x | `sftlib check` | EPYC | yesterday | 0e7bbf7 |\n")) == 1
-    assert len(benchmark_problems(head + "| x | `sftlib check` | EPYC | 2026-11-29 | 0000000 |\n")) == 1
+def test_the_benchmark_check_refuses_rows_without_a_date_a_machine_or_the_columns():
+    head = "| what | command | machine | date |\n| --- | --- | --- | --- |\n"
+    assert len(benchmark_problems(head + "| x | `sftlib check` | EPYC | yesterday |\n")) == 1
+    assert len(benchmark_problems(head + "| x | `sftlib check` |  | 2026-11-29 |\n")) == 1
     assert len(benchmark_problems("| what | tok/s |\n| --- | --- |\n| x | 841 |\n")) == 1
-    assert benchmark_problems(head + "| x | `sftlib check` | EPYC | 2026-11-29 | 0e7bbf7 |\n") == []
+    assert benchmark_problems(head + "| x | `sftlib check` | EPYC | 2026-11-29 |\n") == []
 
 
 def test_the_install_page_shows_the_ranges_of_pyproject_and_the_versions_of_the_lock():

@@ -30,8 +30,8 @@ def test_a_finished_output_dir_is_refused_before_any_worker_starts(tmp_path):
     proc = launch_two([f"training.output_dir={tmp_path}"])
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        f"error: {tmp_path} already holds a finished run (run_info.json). Fix: pass --overwrite to replace it, "
-        "--resume to continue it, or choose another training.output_dir."
+        f"error: {tmp_path} already holds a finished run (run_info.json). Fix: set OVERWRITE = True to replace "
+        "it, RESUME = True to continue it, or choose another training.output_dir."  # notebook 03's parameters
     ]
 
 

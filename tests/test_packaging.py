@@ -4,12 +4,13 @@ from any folder."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -65,13 +66,16 @@ def test_environment_yml_and_the_makefile_install_sftlib_with_every_extra_throug
     *options, editable = pip
     assert options == [f"--extra-index-url {CPU_INDEX}", "-c .ci/constraints.txt"]
     assert editable.startswith("-e .[") and sorted(editable[5:-1].split(",")) == sorted(extras())
-    assert "python=3.11" in env["dependencies"]  # the lock's Python
+    assert "python>=3.11,<3.14" in env["dependencies"]  # the Pythons the lock installs on
 
     makefile = (ROOT / "Makefile").read_text()
     assert "LOCK   := .ci/constraints.txt\n" in makefile
     (line,) = (line for line in makefile.splitlines() if line.startswith("EXTRAS := "))
     assert sorted(line.removeprefix("EXTRAS := ").split(",")) == sorted(extras())
-    assert "$(call venv,$(VENV),--version $(shell sed -n 's/^torch==//p' $(LOCK)),-c $(LOCK))" in makefile
+    assert (
+        "$(call venv,$(VENV),--version $(shell sed -n 's/^torch==//p' $(LOCK)),-c $(LOCK),$(PYTHON))"
+        in makefile
+    )
 
 
 def test_the_oldest_tier_pins_every_dependency_to_the_lower_bound_of_its_range():
@@ -91,7 +95,6 @@ def test_the_oldest_tier_pins_every_dependency_to_the_lower_bound_of_its_range()
 
 def test_an_unreachable_cpu_index_is_reported_at_once_not_retried():
     import importlib.util
-    import socket
     import time
 
     spec = importlib.util.spec_from_file_location("cpu_torch", ROOT / ".ci/cpu_torch.py")
@@ -101,8 +104,23 @@ def test_an_unreachable_cpu_index_is_reported_at_once_not_retried():
         closed.bind(("127.0.0.1", 0))
         start = time.monotonic()
         why = cpu_torch.index_unreachable(f"http://127.0.0.1:{closed.getsockname()[1]}/whl/cpu")
-    assert why and time.monotonic() - start < cpu_torch.TIMEOUT_S + 1
+    assert why and time.monotonic() - start < cpu_torch.PROBE_TIMEOUT_S + 1
     assert cpu_torch.CPU_INDEX == CPU_INDEX
+
+
+def test_without_the_cpu_index_or_a_local_wheel_one_line_names_both_before_the_registry(tmp_path):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        index = f"http://127.0.0.1:{closed.getsockname()[1]}/whl/cpu"
+        # torch 0.0.1 exists nowhere: the local wheels and the registry are both asked, and both refuse
+        out = subprocess.run(
+            [sys.executable, ROOT / ".ci/cpu_torch.py", sys.executable, "--version", "0.0.1", "--index", index],
+            capture_output=True, text=True, cwd=tmp_path,
+        )  # fmt: skip
+    assert out.returncode != 0
+    (said,) = [line for line in out.stdout.splitlines() if line.startswith("torch:")]
+    assert index in said and "find-links hold no CPU wheel of torch==0.0.1" in said and "registry" in said
+    assert out.stderr.strip().splitlines()[-1].startswith("error: no torch==0.0.1 from PyTorch's CPU index")
 
 
 def test_python_dash_m_sftlib_prints_help():

@@ -78,7 +78,7 @@ def test_score_counts_exact_calls_answers_and_tool_free_answers():
 def test_committed_tool_lesson_files_are_what_the_generator_writes(tmp_path):
     paths = demo.write_demo_dataset(tmp_path, n_train=tool_lesson.N_TRAIN, lesson="tools")
     for split in ("train", "test"):
-        committed = Path(demo.TOOL_DATA_DIR) / f"{split}.jsonl"
+        committed = Path(demo.LESSONS["tools"].data) / f"{split}.jsonl"
         assert paths[split].read_bytes() == (ROOT / committed).read_bytes(), f"{committed} is stale"
 
 
@@ -108,7 +108,7 @@ def test_the_tool_lesson_trains_the_call_and_the_answer_not_the_schema_or_the_re
 
     cfg = load_config(
         ROOT / "configs/tool_lesson.yaml",
-        [f"dataset.name={ROOT / demo.TOOL_DATA_DIR}", "dataset.max_samples=8"],
+        [f"dataset.name={ROOT / demo.LESSONS['tools'].data}", "dataset.max_samples=8"],
     )
     tokenizer = modeling.load_tokenizer(cfg.model)
     prepared = dataset.prepare(cfg, tokenizer, splits=("train",), limit=8)

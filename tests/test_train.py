@@ -81,6 +81,35 @@ def test_merged_logits_equal_base_plus_adapter_and_differ_from_base(tmp_path):
     assert (merge.logits(merged, ids) - merge.logits(base, ids)).abs().max() > 1e-3  # the adapter changed it
 
 
+@pytest.mark.parametrize(
+    ("settings", "adapter_keys"),
+    [
+        (["model.lora_config.use_dora=true"], {"use_dora": True}),
+        (
+            ["model.lora_config.use_rslora=true", "model.lora_config.target_modules=all-linear"],
+            {"use_rslora": True},
+        ),
+    ],
+    ids=["dora", "rslora-all-linear"],
+)
+def test_peft_lora_settings_train_merge_and_pass_the_merge_check(tmp_path, settings, adapter_keys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = tiny_cfg(tmp_path, "training.max_steps=3", "training.learning_rate=0.01", *settings)
+    info = train(cfg)
+    saved = json.loads((cfg.output_dir / "lora_weights" / "adapter_config.json").read_text())
+    assert {k: saved[k] for k in adapter_keys} == adapter_keys  # PEFT built the adapter as configured
+    if "all-linear" in " ".join(settings):  # every linear layer but the LM head carries an adapter
+        kinds = {name.rsplit(".", 1)[-1] for name in saved["target_modules"]}
+        assert kinds == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    check = info["merge"]
+    assert check["max_logit_difference"] <= check["tolerance"] and check["resolves_adapter"]
+    adapted = merge.load_base_with_adapter(cfg.model, cfg.output_dir / "lora_weights")
+    merged = AutoModelForCausalLM.from_pretrained(cfg.output_dir)
+    ids = merge.sample_inputs(AutoTokenizer.from_pretrained(cfg.output_dir))
+    assert (merge.logits(merged, ids) - merge.logits(adapted, ids)).abs().max() < 1e-4
+
+
 def test_full_fine_tune_writes_model_and_tokenizer_and_no_adapter(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -1,8 +1,10 @@
 """`sftlib bench`: sftlib's default training path against a plain TRL run, same data and seed.
 
-The parent process records the machine (CPU model, whether bf16 is native), measures the matmul
-ceilings, tokenizes once (warming the datasets cache), then runs each side in its own subprocess
-(`sftlib.bench.side`), alternating sides over `repeats`, and compares the best run of each.
+The parent process records the machine (CPU model, whether bf16 is native), tokenizes once (warming
+the datasets cache), measures the matmul ceilings in the precisions training can use, then runs each
+side in its own subprocess (`sftlib.bench.side`), sftlib's first, alternating sides over `repeats`, and
+compares the best run of each. Each phase is named on stderr as it starts, and each side's own phases
+(loading, warm-up steps, timed steps) as it reaches them.
 """
 
 from __future__ import annotations
@@ -41,34 +43,36 @@ def bench(
     elif data != "config":
         raise SftlibError(f"--data {data!r} is not one of config, chat-mix.")
     cfg = load_config(config, overrides)
-    # tokenize once, outside the timings
+    phase("tokenizing the data once, outside the timings")
     dataset.prepare(cfg, modeling.load_tokenizer(cfg.model), splits=("train",))
 
     device = machine.training_device()
     warmup = default_warmup() if warmup is None else warmup
-    ceilings = machine.ceilings(cfg, device)
+    precisions = machine.usable_precisions(device)
+    names = " and ".join(p.replace("bfloat16", "bf16").replace("float32", "fp32") for p in precisions)
+    why = "" if "bfloat16" in precisions else " (this CPU has no native bf16: bf16 is not timed)"
+    phase(f"timing the {device} matmul ceilings in {names}{why}")
+    ceilings = machine.ceilings(cfg, device, precisions)
     runs: dict[str, list[dict]] = {side: [] for side in SIDES}
-    for sides in [SIDES if r % 2 == 0 else SIDES[::-1] for r in range(repeats)]:
-        for side in sides:
+    order = ("sftlib", "baseline")  # sftlib's first: its steps never run in emulated bf16
+    for r in range(repeats):
+        for side in order if r % 2 == 0 else order[::-1]:
+            phase(f"{side} side, run {r + 1} of {repeats}: {warmup} warm-up steps, then {steps} timed steps")
             result_file = workdir / f"{side}-{len(runs[side])}.json"
             cmd = [sys.executable, "-m", "sftlib.bench.side", "--side", side, "--config", config]
             cmd += ["--steps", str(steps), "--warmup", str(warmup), "--profile-steps", str(profile_steps)]
             cmd += [x for o in overrides for x in ("--set", o)] + ["--out", str(result_file)]
-            proc = subprocess.run(
-                cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"}
-            )
-            if proc.returncode != 0:
-                raise SftlibError(f"bench side {side!r} failed:\n{proc.stderr[-3000:]}")
-            runs[side].append(json.loads(result_file.read_text()))
+            runs[side].append(run_side_process(cmd, side, result_file))
     best = {side: max(rs, key=lambda r: r["tokens_per_second"]) for side, rs in runs.items()}
     base, ours = best["baseline"], best["sftlib"]
+    fastest = max(precisions, key=lambda p: ceilings["model_shapes"][p]["512"])
     for r in best.values():
-        r["mfu_bf16"] = r["achieved_gflops"] / ceilings["bf16_gflops"]
-        # Where bf16 is emulated (no AVX512-BF16/AMX) its ceiling is below fp32's and mfu_bf16 can exceed 1:
-        # utilization against the machine's fastest measured matmul is the honest figure there.
-        r["mfu_best"] = r["achieved_gflops"] / max(ceilings["bf16_gflops"], ceilings["fp32_gflops"])
+        bf16 = ceilings["bf16_gflops"]
+        r["mfu_bf16"] = r["achieved_gflops"] / bf16 if bf16 else None
+        # Against the fastest ceiling timed: the honest figure wherever bf16 is not the faster one.
+        r["mfu_best"] = r["achieved_gflops"] / max(g for g in (bf16, ceilings["fp32_gflops"]) if g)
         # Against the model's own layer shapes at 512 tokens per pass: what these matmuls can reach here.
-        r["mfu_model_bf16"] = r["achieved_gflops"] / ceilings["model_shapes"]["bfloat16"]["512"]
+        r["mfu_model"] = r["achieved_gflops"] / ceilings["model_shapes"][fastest]["512"]
     return {
         "config": config,
         "overrides": overrides,
@@ -91,8 +95,29 @@ def bench(
         ),
         "mfu_bf16": ours["mfu_bf16"],
         "mfu_best": ours["mfu_best"],
-        "mfu_model_bf16": ours["mfu_model_bf16"],
+        "mfu_model": ours["mfu_model"],
     }
+
+
+def phase(text: str) -> None:
+    """Name a phase of the bench as it starts (stderr: the results table goes to stdout)."""
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def run_side_process(cmd: list[str], side: str, result_file: Path) -> dict[str, Any]:
+    """Run one side; pass on its own phase lines (`bench: ...`) as they come, keep the rest for an error."""
+    from sftlib.errors import SftlibError
+
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
+    tail: list[str] = []
+    with subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env) as proc:
+        for line in proc.stderr:
+            if line.startswith("bench: "):
+                print(f"bench: {side}: {line.removeprefix('bench: ')}", end="", file=sys.stderr, flush=True)
+            tail = [*tail[-60:], line]
+    if proc.returncode != 0:
+        raise SftlibError(f"bench side {side!r} failed:\n{''.join(tail)[-3000:]}")
+    return json.loads(result_file.read_text())
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -107,7 +132,7 @@ def format_table(result: dict[str, Any]) -> str:
         ("peak GPU memory (MB)", "peak_gpu_mb", "{:.0f}"),
         ("MFU (bf16 ceiling)", "mfu_bf16", "{:.3f}"),
         ("MFU (fastest ceiling)", "mfu_best", "{:.3f}"),
-        ("MFU (model bf16 512)", "mfu_model_bf16", "{:.3f}"),
+        ("MFU (model shapes 512)", "mfu_model", "{:.3f}"),
         ("precision", "precision", "{}"),
         ("micro-batch x accum", None, None),
         ("weights / autocast", None, None),
@@ -127,7 +152,7 @@ def format_table(result: dict[str, Any]) -> str:
         elif label.startswith("weights"):
             cells = [f"{r['weights_dtype']} / {'bf16' if r['bf16_autocast'] else 'off'}" for r in (b, s)]
         elif b[key] is None:
-            continue  # e.g. GPU memory on a CPU run
+            continue  # e.g. GPU memory on a CPU run, a bf16 MFU where bf16 was not timed
         else:
             cells = [fmt.format(r[key]) for r in (b, s)]
         lines.append(f"{label:22}{cells[0]:>22}{cells[1]:>22}")
@@ -142,7 +167,17 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(
         f"speedup {result['speedup']:.2f}x   rss_ratio {result['rss_ratio']:.2f}   "
         + (f"gpu_memory_ratio {gpu:.2f}   " if gpu is not None else "")
-        + f"{c['device']} matmul ceilings: bf16 {c['bf16_gflops']:.0f} GFLOP/s, fp32 {c['fp32_gflops']:.0f} GFLOP/s   "
+        + f"{c['device']} matmul ceilings: {ceiling_text(c)}   "
         f"load average {result['machine']['load_average'][0]:.1f} on {result['machine']['cores']} cores"
     )
     return "\n".join(lines)
+
+
+def ceiling_text(c: dict[str, Any]) -> str:
+    """`bf16 970 GFLOP/s, fp32 234 GFLOP/s`, or `fp32 234 GFLOP/s (bf16 not timed)`."""
+    timed = [
+        f"{name} {c[key]:.0f} GFLOP/s"
+        for name, key in (("bf16", "bf16_gflops"), ("fp32", "fp32_gflops"))
+        if c[key]
+    ]
+    return ", ".join(timed) + ("" if c["bf16_gflops"] else " (bf16 not timed: emulated here)")

@@ -1,7 +1,9 @@
 """The machine a bench runs on: the CPU and whether it computes bf16 natively, and the matmul ceilings.
 
 MFU is measured against two ceilings: large square matmuls (the machine's best) and the model's own
-linear-layer shapes at a few pass sizes (what these matmuls can reach here).
+linear-layer shapes at a few pass sizes (what these matmuls can reach here). Only the precisions a run
+can use are timed: fp32 alone on a CPU without native bf16, where bf16 is emulated and a bf16 ceiling
+takes minutes to time and means nothing.
 """
 
 from __future__ import annotations
@@ -27,8 +29,17 @@ def model_matmul_gflops(
     return flops / model_matmul_seconds(shapes, tokens, dtype_name, device) / 1e9
 
 
-def model_shape_ceilings(cfg, device: str, tokens=(128, 512, 2048)) -> dict[str, Any]:
-    """GFLOP/s of the model's own linear layers (forward + input gradient) at a few pass sizes, bf16 and fp32.
+def usable_precisions(device: str) -> tuple[str, ...]:
+    """The precisions training can use here: bf16 and fp32 on a GPU or a CPU with native bf16, else fp32."""
+    from sftlib.modeling import cpu_has_fast_bf16
+
+    return ("bfloat16", "float32") if device != "cpu" or cpu_has_fast_bf16() else ("float32",)
+
+
+def model_shape_ceilings(
+    cfg, device: str, tokens=(128, 512, 2048), precisions=("bfloat16", "float32")
+) -> dict[str, Any]:
+    """GFLOP/s of the model's own linear layers (forward + input gradient) at a few pass sizes, per precision.
 
     Built from the model's config on the meta device: only the layer shapes are needed, not the weights.
     """
@@ -48,20 +59,25 @@ def model_shape_ceilings(cfg, device: str, tokens=(128, 512, 2048)) -> dict[str,
         "shapes": {f"{k}x{n}": count for (k, n), count in shapes.items()},
         **{
             name: {str(t): round(model_matmul_gflops(shapes, t, name, device), 1) for t in tokens}
-            for name in ("bfloat16", "float32")
+            for name in precisions
         },
     }
 
 
-def ceilings(cfg, device: str) -> dict[str, Any]:
-    """Both ceilings: large squares in bf16 and fp32, and the model's own shapes."""
+def ceilings(cfg, device: str, precisions: tuple[str, ...]) -> dict[str, Any]:
+    """Both ceilings, in each of `precisions`: large squares, and the model's own shapes. A precision
+    not timed has None (`bf16_gflops` on a CPU without native bf16)."""
     from sftlib.timing import matmul_gflops
 
+    squares = {
+        name: matmul_gflops(name, device) if name in precisions else None for name in ("bfloat16", "float32")
+    }
     return {
         "device": device,
-        "bf16_gflops": matmul_gflops("bfloat16", device),
-        "fp32_gflops": matmul_gflops("float32", device),
-        "model_shapes": model_shape_ceilings(cfg, device),
+        "precisions": list(precisions),
+        "bf16_gflops": squares["bfloat16"],
+        "fp32_gflops": squares["float32"],
+        "model_shapes": model_shape_ceilings(cfg, device, precisions=precisions),
     }
 
 

@@ -58,19 +58,31 @@ class Counter:
         return batch
 
 
-def step_timer():
+def phase(text: str) -> None:
+    """Name a phase of this side as it starts (`sftlib.bench.compare` passes these lines on)."""
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def step_timer(warmup: int, total: int):
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
-        """When each optimizer step ended, and the peak RSS (MB) by then."""
+        """When each optimizer step ended, and the peak RSS (MB) by then; names the timed phase."""
 
         def __init__(self):
             self.ends: list[float] = []
             self.peak_rss_mb: list[float] = []
 
+        def on_train_begin(self, args, state, control, **kwargs):
+            phase(f"{warmup} warm-up steps (not timed)" if warmup else "timed steps")
+
         def on_step_end(self, args, state, control, **kwargs):
             self.ends.append(time.perf_counter())
             self.peak_rss_mb.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            if len(self.ends) == warmup:
+                phase(f"timed steps: {total - warmup}")
+            elif len(self.ends) == total and state.max_steps > total:
+                phase(f"profiled steps: {state.max_steps - total}")
 
     return StepTimer()
 
@@ -127,6 +139,7 @@ def run_side(
     from sftlib.trainer import build_trainer
 
     warmup = default_warmup() if warmup is None else warmup
+    phase("loading the data, the model and the trainer")
     cfg = load_config(config, overrides)
     tokenizer = modeling.load_tokenizer(cfg.model)
     train = dataset.prepare(cfg, tokenizer, splits=("train",)).train
@@ -149,7 +162,7 @@ def run_side(
     n_params = matmul_params(model)
     counter = Counter(trainer.data_collator)
     trainer.data_collator = counter
-    timer = step_timer()
+    timer = step_timer(warmup, total)
     trainer.add_callback(timer)
     profiler = None
     if profile_steps:
