@@ -37,9 +37,11 @@ def index_unreachable(index: str) -> str | None:
         return str(getattr(exc, "reason", exc))
 
 
-def pip_install(python: str, args: list[str], report: Path | None = None) -> bool:
+def pip_install(python: str, args: list[str], report: Path | None = None, quiet: bool = False) -> bool:
+    """pip install `args`; `quiet` keeps pip's own errors off the terminal (a probe whose failure is said
+    in other words)."""
     cmd = [python, "-m", "pip", "install", "--quiet", *(["--report", str(report)] if report else []), *args]
-    return subprocess.run(cmd).returncode == 0
+    return subprocess.run(cmd, capture_output=quiet).returncode == 0
 
 
 def install(python: str, requirement: str, index: str, unreachable: str | None, upgrade: bool):
@@ -57,7 +59,7 @@ def install(python: str, requirement: str, index: str, unreachable: str | None, 
                 )
             return json.loads(report.read_text()), "cpu-index"
         local = ["--no-index", "--no-deps", *upgrade_flag, requirement]
-        if pip_install(python, local, report):
+        if pip_install(python, local, report, quiet=True):
             if not pip_install(python, [f"torch=={installed_version(python)}"]):
                 sys.exit("error: torch's dependencies did not install. Fix: see pip's error above.")
             return json.loads(report.read_text()), "local"

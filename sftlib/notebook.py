@@ -1,4 +1,4 @@
-"""What a notebook writes: its run folder, its recorded results, its figures and pages.
+"""What a notebook writes: its run folder, its recorded results, its figures and pages, and its HTML copy.
 
 Notebooks hold parameters, calls and display; these are the calls that put things on disk in the
 same places for every notebook (read back by the tests, the pipeline and later notebooks). Figures
@@ -13,6 +13,22 @@ import os
 from pathlib import Path
 from typing import Any
 
+from sftlib.errors import SftlibError
+
+# nbconvert's lab template drops an image's alt text (IPython's Image(alt=...) keeps it in the output's
+# metadata) and then warns that it is missing; this template puts it back. An image without alt text
+# in its metadata is left alone, so that warning still means what it says.
+HTML_TEMPLATE = "sftlib-index.html.j2"
+HTML_TEMPLATE_SOURCE = """{%- extends 'index.html.j2' -%}
+{% block data_png scoped %}
+{%- set alt = output | get_metadata('alt', 'image/png') -%}
+{%- if alt -%}
+{{ super() | replace('<img src=', '<img alt="' ~ (alt | escape_html) ~ '" src=', 1) }}
+{%- else -%}
+{{ super() }}
+{%- endif -%}
+{% endblock data_png %}
+"""
 HEADLESS_ENV = "SFTLIB_HEADLESS"  # set by sftlib.pipeline: no one at the notebook (static renderings), kernel in the user's cwd
 
 
@@ -99,3 +115,29 @@ def loss_history(log_history: list[dict]) -> dict[str, list[dict]]:
         "train": [{"step": h["step"], "loss": h["loss"]} for h in log_history if "loss" in h],
         "eval": [{"step": h["step"], "loss": h["eval_loss"]} for h in log_history if "eval_loss" in h],
     }
+
+
+def export_to_html(executed: Path) -> Path:
+    """An HTML copy of an executed notebook next to it (pictures embedded)."""
+    import nbformat
+    from jinja2 import DictLoader
+    from nbconvert import HTMLExporter
+
+    try:
+        exporter = HTMLExporter(
+            extra_loaders=[DictLoader({HTML_TEMPLATE: HTML_TEMPLATE_SOURCE})], template_file=HTML_TEMPLATE
+        )
+        body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
+    except ValueError as exc:
+        if "template" not in str(exc).lower():
+            raise
+        # Seen with `pip install --target`: nbconvert's templates are data files under <target>/share/jupyter.
+        raise SftlibError(
+            f"nbconvert can't find its HTML templates, so {executed.name} ran but was not exported "
+            f"({str(exc).splitlines()[0].rstrip(': ')}).",
+            "reinstall nbconvert into the environment (`pip install --force-reinstall nbconvert`), or set "
+            "JUPYTER_PATH to the share/jupyter folder that holds nbconvert/templates.",
+        ) from None
+    target = executed.with_suffix(".html")
+    target.write_text(body, encoding="utf-8")
+    return target

@@ -14,33 +14,18 @@ from __future__ import annotations
 import difflib
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from sftlib import kernels
 from sftlib.errors import SftlibError
+from sftlib.notebook import export_to_html
 
-KERNEL_NAME = "sftlib-python"
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
-# nbconvert's lab template drops an image's alt text (IPython's Image(alt=...) keeps it in the output's
-# metadata) and then warns that it is missing; this template puts it back. An image without alt text
-# in its metadata is left alone, so that warning still means what it says.
-HTML_TEMPLATE = "sftlib-index.html.j2"
-HTML_TEMPLATE_SOURCE = """{%- extends 'index.html.j2' -%}
-{% block data_png scoped %}
-{%- set alt = output | get_metadata('alt', 'image/png') -%}
-{%- if alt -%}
-{{ super() | replace('<img src=', '<img alt="' ~ (alt | escape_html) ~ '" src=', 1) }}
-{%- else -%}
-{{ super() }}
-{%- endif -%}
-{% endblock data_png %}
-"""
 
 
 # --------------------------------------------------------------------------- parameters
@@ -143,13 +128,14 @@ def resolve_parameters(paths: list[Path], given: dict[str, Any], raw: dict[str, 
 # --------------------------------------------------------------------------- running
 
 
-def check_before_running(config, overrides, per_notebook: dict[Path, dict]) -> None:
+def check_before_running(config, overrides, per_notebook: dict[Path, dict]):
     """Check what the notebooks will need before the first kernel starts, so a run fails only on what
     can't be known up front: the config; the tokenizer and chat template; the data, its masks and the
     drop gate (the prepare pass, which datasets caches for the notebooks); an output_dir training may
     write into, or a checkpoint to resume from (when a notebook declares OVERWRITE and RESUME); prompts
     to generate for, or tool chats and the tools to run them with (when one declares PROMPTS, and TOOLS).
-    Keyed by the parameters the notebooks declare, so the pipeline still names no notebook."""
+    Keyed by the parameters the notebooks declare, so the pipeline still names no notebook. Returns the
+    RunConfig."""
     import ast
 
     from sftlib import checkpoints, dataset, evaluate, layout, modeling
@@ -168,6 +154,7 @@ def check_before_running(config, overrides, per_notebook: dict[Path, dict]) -> N
             checkpoints.resume_checkpoint(cfg.output_dir)
     if "PROMPTS" in values:
         evaluate.for_notebook(cfg, 1, values["PROMPTS"] or None, values.get("TOOLS") or "")
+    return cfg
 
 
 def run_overrides(out: str | Path, overrides: list[str] | tuple[str, ...]) -> list[str]:
@@ -236,12 +223,12 @@ def run_pipeline(
                 f"--{name.lower()} applies to the notebook that trains, and no selected notebook trains.",
                 f"drop --{name.lower()}, or select the training notebook too (--only).",
             )
-    check_before_running(config, overrides, per_notebook)  # before any kernel starts
+    cfg = check_before_running(config, overrides, per_notebook)  # before any kernel starts
     out.mkdir(parents=True, exist_ok=True)
 
     summary: dict[str, Any] = {"config": str(config), "overrides": list(overrides), "notebooks": {}}
     start = time.perf_counter()
-    with _kernel_spec() as kernel_name, _headless():
+    with kernels.kernel_spec() as kernel_name, kernels.headless(), kernels.InterruptsReachTheKernel():
         for i, path in enumerate(paths, 1):
             executed = out / path.name
             print(f"[{i}/{len(paths)}] {path.stem}", file=sys.stderr, flush=True)
@@ -255,7 +242,7 @@ def run_pipeline(
                     progress_bar=False,
                     stdout_file=_ProgressLines() if progress else None,
                     language="python",
-                    config=_kernel_transport(),
+                    config=kernels.transport(),
                 )
             except PapermillExecutionError as exc:
                 summary["failed"] = {
@@ -265,6 +252,8 @@ def run_pipeline(
                 }
                 _finish(summary, out, start, export_html and executed)
                 evalue = " ".join(str(exc.evalue).split())
+                if exc.ename in ("Interrupted", "KeyboardInterrupt"):
+                    raise _stopped(path.stem, evalue, cfg.output_dir) from None
                 raise SftlibError(
                     f"notebook {path.stem} failed in cell [{exc.exec_count}] ({_first_line(exc.source)}): "
                     f"{exc.ename}: {evalue} (traceback in {executed})"
@@ -289,6 +278,21 @@ def run_pipeline(
     return summary
 
 
+def _stopped(notebook: str, evalue: str, output_dir: Path) -> SftlibError:
+    """The error for a notebook stopped by Ctrl-C: how to go on, from the run's newest checkpoint if any."""
+    from sftlib.checkpoints import latest_complete
+
+    saved = latest_complete(output_dir)
+    error = SftlibError(
+        f"notebook {notebook} stopped on Ctrl-C" + (f": {evalue.split(' Fix: ')[0]}" if evalue else "."),
+        f"run the same command again with --resume, which continues from {saved}."
+        if saved
+        else "run the same command again; no checkpoint was saved to continue from.",
+    )
+    error.exit_code = 130  # as a shell reports SIGINT
+    return error
+
+
 def _finish(summary: dict, out: Path, start: float, failed_notebook: Path | None = None) -> None:
     """Write summary.json (after every notebook, so a failed run keeps what the others recorded)."""
     if failed_notebook and failed_notebook.exists():
@@ -304,90 +308,8 @@ def _read_record(out: Path, name: str) -> dict:
     return json.loads(path.read_text())
 
 
-def _kernel_transport():
-    """Kernel configuration: talk to the kernels over local (IPC) sockets.
-
-    Over TCP every kernel warns that its traffic is unencrypted; IPC sockets are files in the Jupyter
-    runtime folder, readable by this user only, so there is nothing to warn about.
-    """
-    from traitlets.config import Config
-
-    return Config({"KernelManager": {"transport": "ipc"}})
-
-
-def export_to_html(executed: Path) -> Path:
-    """An HTML copy of an executed notebook next to it (pictures embedded)."""
-    import nbformat
-    from jinja2 import DictLoader
-    from nbconvert import HTMLExporter
-
-    try:
-        exporter = HTMLExporter(
-            extra_loaders=[DictLoader({HTML_TEMPLATE: HTML_TEMPLATE_SOURCE})], template_file=HTML_TEMPLATE
-        )
-        body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
-    except ValueError as exc:
-        if "template" not in str(exc).lower():
-            raise
-        # Seen with `pip install --target`: nbconvert's templates are data files under <target>/share/jupyter.
-        raise SftlibError(
-            f"nbconvert can't find its HTML templates, so {executed.name} ran but was not exported "
-            f"({str(exc).splitlines()[0].rstrip(': ')}).",
-            "reinstall nbconvert into the environment (`pip install --force-reinstall nbconvert`), or set "
-            "JUPYTER_PATH to the share/jupyter folder that holds nbconvert/templates.",
-        ) from None
-    target = executed.with_suffix(".html")
-    target.write_text(body, encoding="utf-8")
-    return target
-
-
 def _first_line(source: str) -> str:
     lines = [line for line in str(source).splitlines() if line.strip()]
     return (
         (lines[0][:60] + (" ..." if len(lines) > 1 or len(lines[0]) > 60 else "")) if lines else "empty cell"
     )
-
-
-class _kernel_spec:
-    """A kernelspec for the running interpreter, found through JUPYTER_PATH for the duration.
-
-    A `python3` kernelspec could name another Python (a user's or the system's); the notebooks must
-    run on the interpreter that has this sftlib.
-    """
-
-    def __enter__(self) -> str:
-        self._tmp = tempfile.TemporaryDirectory(prefix="sftlib-kernel-")
-        spec_dir = Path(self._tmp.name) / "kernels" / KERNEL_NAME
-        spec_dir.mkdir(parents=True)
-        spec = {
-            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": f"Python ({sys.executable})",
-            "language": "python",
-        }
-        (spec_dir / "kernel.json").write_text(json.dumps(spec))
-        self._old = os.environ.get("JUPYTER_PATH")
-        os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [self._tmp.name, self._old]))
-        return KERNEL_NAME
-
-    def __exit__(self, *exc) -> None:
-        if self._old is None:
-            os.environ.pop("JUPYTER_PATH", None)
-        else:
-            os.environ["JUPYTER_PATH"] = self._old
-        self._tmp.cleanup()
-
-
-class _headless:
-    """Tell the kernels (they inherit the environment) to render statically: no one moves widgets."""
-
-    def __enter__(self):
-        from sftlib.notebook import HEADLESS_ENV
-
-        self._name, self._old = HEADLESS_ENV, os.environ.get(HEADLESS_ENV)
-        os.environ[HEADLESS_ENV] = "1"
-
-    def __exit__(self, *exc):
-        if self._old is None:
-            os.environ.pop(self._name, None)
-        else:
-            os.environ[self._name] = self._old

@@ -153,7 +153,7 @@ def test_html_export_keeps_each_pictures_alt_text_and_still_warns_for_one_withou
     path = tmp_path / "nb.ipynb"
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=outputs)]), path)
     with caplog.at_level("WARNING"):
-        page = pipeline.export_to_html(path).read_text()
+        page = notebook.export_to_html(path).read_text()
     assert '<img alt="loss curve" ' in page
     assert "Alternative text is missing on 1 image(s)" in caplog.text  # the picture without alt text
 
@@ -302,6 +302,13 @@ def test_a_run_prints_only_progress_and_results(demo_run):
     assert [line for line in lines if line.startswith("[")] == [
         f"[{i}/5] {name}" for i, name in enumerate(NAMES, 1)
     ]
+    # the kernels' progress lines, under their notebook: every step of 4 (each a quarter), then each model
+    trained = [line for line in lines if line.startswith("  [train] ") and "/4 steps" in line]
+    assert [line.split()[1] for line in trained] == ["1/4", "2/4", "3/4", "4/4"]
+    assert lines.index("[3/5] 03_train") < lines.index(trained[0]) < lines.index("[4/5] 04_merge")
+    assert all(" · loss " in line and " tokens/s" in line for line in trained)
+    generated = [line for line in lines if line.startswith("  [generate ")]
+    assert [line.split("]")[0] for line in generated] == ["  [generate base", "  [generate tuned"]
     noise = ("gemm_4bit_forward", "kernels-community", "without encryption", "Alternative text is missing")
     for text in noise:
         assert text not in printed and text not in errors, text
@@ -378,5 +385,5 @@ def test_missing_html_templates_name_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "nowhere"))
     monkeypatch.setattr(nbconvert.HTMLExporter, "template_name", "no-such-template")
     with pytest.raises(SftlibError, match="HTML templates.*JUPYTER_PATH"):
-        pipeline.export_to_html(path)
+        notebook.export_to_html(path)
     assert not path.with_suffix(".html").exists()
