@@ -25,25 +25,33 @@ def transport():
 
 
 class InterruptsReachTheKernel:
-    """Ctrl-C reaches the kernel too (same process group): training finishes its step, saves a checkpoint
-    and stops, and the notebook fails with that. The first one only says so here, so that the kernel is
-    not shut down mid-save; a second one stops at once."""
+    """Ctrl-C, passed on to the running kernel: jupyter_client starts kernels in a session of their own,
+    so a terminal's Ctrl-C reaches only this process. The first one is sent on to the kernel's process
+    group (its training workers included): training finishes its step, saves a checkpoint and stops, and
+    the notebook fails with that; `requested` tells the pipeline to start no further notebook. A second
+    Ctrl-C stops this process at once."""
 
     def __enter__(self):
         import threading
 
-        self._previous = None
+        self.requested, self._previous = False, None
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._first)
+        return self
 
     def _first(self, signum, frame) -> None:
+        import psutil
+
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         print(
-            "interrupt: the notebook stops at a safe point (training saves a checkpoint first); "
-            "Ctrl-C again stops at once",
+            "interrupt: stopping at a safe point (training saves a checkpoint first); Ctrl-C again stops at once",
             file=sys.stderr,
             flush=True,
         )
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for child in psutil.Process().children():
+            if "ipykernel_launcher" in " ".join(child.cmdline()):
+                os.killpg(os.getpgid(child.pid), signal.SIGINT)
 
     def __exit__(self, *exc) -> None:
         if self._previous is not None:

@@ -228,8 +228,14 @@ def run_pipeline(
 
     summary: dict[str, Any] = {"config": str(config), "overrides": list(overrides), "notebooks": {}}
     start = time.perf_counter()
-    with kernels.kernel_spec() as kernel_name, kernels.headless(), kernels.InterruptsReachTheKernel():
+    with (
+        kernels.kernel_spec() as kernel_name,
+        kernels.headless(),
+        kernels.InterruptsReachTheKernel() as interrupts,
+    ):
         for i, path in enumerate(paths, 1):
+            if interrupts.requested:  # Ctrl-C while the last notebook finished: start no other
+                raise _stopped(paths[i - 2].stem, "", cfg.output_dir)
             executed = out / path.name
             print(f"[{i}/{len(paths)}] {path.stem}", file=sys.stderr, flush=True)
             t0 = time.perf_counter()

@@ -31,6 +31,7 @@ PRINTED_BY = {
     ("sftlib/generate.py", "--chat-template-kwargs"): ("generate",),
     ("sftlib/guards.py", "--overwrite"): ("train", "pipeline", "demo"),  # raised in training, notebook 03 too
     ("sftlib/pipeline.py", "--only"): ("pipeline",),  # demo runs every notebook
+    ("sftlib/pipeline.py", "--resume"): ("pipeline", "demo"),  # Ctrl-C: go on from the newest checkpoint
 }
 ERRORS = {"SftlibError", "Interrupted", "Diverged"}
 
