@@ -68,14 +68,14 @@ class Lines:
 
 def training_lines():
     """A TrainerCallback printing a line per tenth of a run's optimizer steps: the step, the newest
-    logged loss, real tokens per second (TRL's `num_tokens` count, at the newest log) and the time
-    left. Main process only. (transformers is imported here: the pipeline reads this module without it.)"""
+    logged loss, real tokens per second (TRL's `num_tokens` count, over the newest logging window) and
+    the time left. Main process only. (transformers is imported here: the pipeline reads this module without it.)"""
     from transformers import TrainerCallback
 
     class TrainingLines(TrainerCallback):
         def __init__(self):
             self.lines: Lines | None = None
-            self.tokens_at_start = 0.0
+            self.last_count = (0.0, 0.0)  # (time, TRL's num_tokens) of the newest log
             self.tokens_per_second: float | None = None
             self.pending: int | None = None  # a due step whose line waits for the loss it logs
 
@@ -83,7 +83,7 @@ def training_lines():
             self.lines = Lines("train", state.max_steps, "steps", start=state.global_step)
             self.lines.say(f"{state.max_steps - state.global_step} optimizer steps to run")
             counts = [h["num_tokens"] for h in state.log_history if "num_tokens" in h]
-            self.tokens_at_start = float(counts[-1]) if counts else 0.0
+            self.last_count = (self.lines.t0, float(counts[-1]) if counts else 0.0)
 
         def on_step_end(self, args, state, control, **kwargs):
             if self.lines is None or not self.lines.due(state.global_step):
@@ -94,9 +94,13 @@ def training_lines():
                 self.show(state)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            elapsed = time.perf_counter() - self.lines.t0 if self.lines else 0.0
-            if logs and "num_tokens" in logs and elapsed > 0:
-                self.tokens_per_second = (float(logs["num_tokens"]) - self.tokens_at_start) / elapsed
+            if logs and "num_tokens" in logs:  # tokens/s over the newest logging window
+                now, count = time.perf_counter(), float(logs["num_tokens"])
+                before, counted = self.last_count
+                counted = counted if count >= counted else 0.0  # a resumed run counts again from 0
+                if now > before:
+                    self.tokens_per_second = (count - counted) / (now - before)
+                self.last_count = (now, count)
             if self.pending == state.global_step:
                 self.pending = None
                 self.show(state)

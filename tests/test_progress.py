@@ -47,3 +47,29 @@ def test_in_a_kernel_lines_go_to_stdout_for_the_cell_and_the_pipeline(monkeypatc
     monkeypatch.delitem(sys.modules, "ipykernel")
     assert progress.stream() is sys.stderr
     assert not progress.is_progress("[3/5] 03_train") and not progress.is_progress("")
+
+
+def test_training_lines_show_fresh_loss_and_positive_tokens_per_second_after_a_resume(capsys, monkeypatch):
+    from transformers import TrainerControl, TrainerState
+
+    clock = iter(range(100, 200))
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: float(next(clock)))
+    # resumed at step 10 of 20: the checkpoint's log history counted 5000 tokens; TRL counts again from 0
+    state = TrainerState(
+        max_steps=20, global_step=10, log_history=[{"step": 10, "loss": 2.0, "num_tokens": 5000}]
+    )
+    callback = progress.training_lines()
+    callback.on_train_begin(None, state, TrainerControl())
+    for step in range(11, 21):
+        state.global_step = step
+        control = TrainerControl(should_log=step % 2 == 0)
+        callback.on_step_end(None, state, control)
+        if control.should_log:  # the Trainer logs after on_step_end: the line waits for this loss
+            state.log_history.append({"step": step, "loss": 1 / step, "num_tokens": 100 * (step - 10)})
+            callback.on_log(None, state, control, logs=state.log_history[-1])
+    printed = capsys.readouterr().err.splitlines()
+    assert printed[0] == "  [train] 10 optimizer steps to run"
+    assert [line.split()[1] for line in printed[1:]] == ["11/20", "12/20", "14/20", "16/20", "18/20", "20/20"]
+    assert "loss 0.08333" in printed[2] and "loss 0.05 " in printed[-1]  # each step's own loss, once logged
+    rates = [int(re.search(r"(-?\d+) tokens/s", line).group(1)) for line in printed[2:]]
+    assert all(rate > 0 for rate in rates)
