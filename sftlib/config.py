@@ -220,14 +220,17 @@ def _section(raw: dict, name: str) -> dict:
 
 
 def _fields(cls, raw: dict, where: str, skip: set[str] = frozenset()) -> dict:
-    """`raw` checked against one of this module's dataclasses: its required fields are there."""
+    """`raw` checked against one of this module's dataclasses: no unknown key (a typo of a required
+    field is named as one), its required fields there, every value of its field's type."""
+    fields = init_fields(cls)
+    config_values.check_keys(raw, fields, where)
     required = (
         f.name for f in dataclasses.fields(cls) if f.default is f.default_factory is dataclasses.MISSING
     )
     for name in required:
         if raw.get(name) in (None, ""):
             raise SftlibError(f"{where}.{name} is required.", f"set `{name}:` under `{where}:`.")
-    return _checked(raw, init_fields(cls), where, skip)
+    return _checked(raw, fields, where, skip)
 
 
 def _checked(raw: dict, fields: dict[str, Any], where: str, skip: set[str] = frozenset()) -> dict:
