@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(args) -> int:
     from accelerate import PartialState
 
-    from sftlib.train import run_from_files
+    from sftlib.training.train import run_from_files
 
     info = run_from_files(args.config, args.overrides, resume=args.resume, overwrite=args.overwrite)
     if PartialState().is_main_process:  # under accelerate launch every rank returns here
@@ -154,8 +154,9 @@ def cmd_train(args) -> int:
 
 
 def _prepared(args, **kwargs):
-    from sftlib import dataset, modeling
     from sftlib.config import load_config
+    from sftlib.data import dataset
+    from sftlib.models import modeling
 
     cfg = load_config(args.config, args.overrides)
     tokenizer = modeling.load_tokenizer(cfg.model)
@@ -163,15 +164,15 @@ def _prepared(args, **kwargs):
 
 
 def cmd_check(args) -> int:
-    from sftlib import views
+    from sftlib.views import report
 
     cfg, tokenizer, data = _prepared(args)
-    print(views.format_report(data, cfg, tokenizer))
+    print(report.format_report(data, cfg, tokenizer))
     return 0
 
 
 def cmd_masks(args) -> int:
-    from sftlib import views
+    from sftlib.data import export
 
     if args.limit is not None and args.limit <= 0:
         raise SftlibError(
@@ -183,32 +184,32 @@ def cmd_masks(args) -> int:
         raise SftlibError(
             "--split eval: the config defines no eval split.", "set dataset.eval_split or dataset.eval_size."
         )
-    n = views.write_masks_jsonl(ds, tokenizer, Path(args.out), with_text=args.text)
+    n = export.write_masks_jsonl(ds, tokenizer, Path(args.out), with_text=args.text)
     print(f"wrote {n} examples to {args.out}")
     return 0
 
 
 def cmd_merge(args) -> int:
-    from sftlib import merge, outputs
     from sftlib.config import load_config
+    from sftlib.outputs import merge, saving
 
     cfg = load_config(args.config, args.overrides)
     if not cfg.model.use_lora:
         print("model.use_lora is false: a full fine-tune has nothing to merge.")
         return 0
-    result = outputs.merge_run(cfg, dtype=args.dtype)
+    result = saving.merge_run(cfg, dtype=args.dtype)
     print(merge.summary(result))
     print(f"merged model written to {cfg.output_dir}")
     return 0
 
 
 def cmd_generate(args) -> int:
-    from sftlib import generate
     from sftlib.config import ModelConfig
+    from sftlib.inference import generate, loading, prompts
 
-    kwargs = generate.trained_template_kwargs(args.model, args.adapter, args.chat_template_kwargs)
-    model, tokenizer = generate.load_for_generation(ModelConfig(path=args.model), args.adapter)
-    asked = generate.own_prompts(args.prompt, kwargs)
+    kwargs = prompts.trained_template_kwargs(args.model, args.adapter, args.chat_template_kwargs)
+    model, tokenizer = loading.load_for_generation(ModelConfig(path=args.model), args.adapter)
+    asked = prompts.own_prompts(args.prompt, kwargs)
     answers = generate.generate(model, tokenizer, asked.prompts, args.max_new_tokens, contexts=asked.contexts)
     for prompt, answer in zip(args.prompt, answers, strict=True):
         print(json.dumps({"prompt": prompt, "completion": answer}))
@@ -216,7 +217,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_materialize(args) -> int:
-    from sftlib import embedded
+    from sftlib.models import embedded
 
     for name in args.names:
         print(f"{embedded.PREFIX}{name} -> {embedded.resolve(embedded.PREFIX + name)}")
@@ -267,7 +268,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_pipeline(args) -> int:
-    from sftlib.pipeline import run_pipeline
+    from sftlib.suite.pipeline import run_pipeline
 
     summary = run_pipeline(
         args.config,
@@ -284,7 +285,7 @@ def cmd_pipeline(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from sftlib.demo import run_demo
+    from sftlib.lessons.demo import run_demo
 
     run_demo(
         args.out,
@@ -314,7 +315,7 @@ def _output_dir(args) -> Path | None:
     from sftlib.config import output_dir_of
 
     if args.command in ("pipeline", "demo"):
-        from sftlib.demo import default_out
+        from sftlib.lessons.demo import default_out
 
         return Path(args.out or default_out(args.lesson))
     if args.command not in ("train", "merge"):

@@ -1,8 +1,14 @@
-"""Errors a user sees: `SftlibError` (what is wrong, and how to fix it), and the evidence of any other.
+"""Every error sftlib raises, and every reason a row is dropped, in one place.
 
-An SftlibError is one `error: ... Fix: ...` line. Any other exception (out of memory, NCCL, a shape
-error deep in a library) is one line too, but its full traceback is kept in a file the line names
-(`save_traceback`): output_dir/error.log, or a temporary file before output_dir exists.
+- `SftlibError`: a problem with the user's input, one `error: ... Fix: ...` line; `Interrupted` and
+  `Diverged` end a training run early.
+- `DropExample` and `DROP_REASONS`: a row that can't be trained, counted under one reason.
+- `BadToolCall`: a tool call that can't be read or run (in data, or written by a model).
+- `WorkerTraceback`: a training worker's traceback, carried to the process that reports it.
+
+Any other exception (out of memory, NCCL, a shape error deep in a library) is one line too, but its full
+traceback is kept in a file the line names (`save_traceback`): output_dir/error.log, or a temporary file
+before output_dir exists.
 """
 
 
@@ -16,6 +22,62 @@ class SftlibError(Exception):
         self.message = message
         self.fix = fix
         super().__init__(f"{message} Fix: {fix}" if fix else message)
+
+
+class Interrupted(SftlibError):
+    """Training stopped on a signal; `exit_code` is 128 + the signal number, as a shell reports it."""
+
+    def __init__(self, message: str, fix: str | None, signum: int):
+        super().__init__(message, fix)
+        self.exit_code = 128 + int(signum)
+
+
+class Diverged(SftlibError):
+    """The training loss became NaN or inf at `step`."""
+
+    def __init__(self, message: str, fix: str | None, step: int):
+        super().__init__(message, fix)
+        self.step = step
+
+
+# Every way an example can be dropped. Nothing is dropped without one of these in the report.
+DROP_REASONS = {
+    "empty_text": "text is empty or whitespace",
+    "empty_completion": "the completion is empty, or has no assistant turn",
+    "empty_conversation": "no messages",
+    "empty_assistant_turn": "an assistant turn is empty or whitespace and calls no tool",
+    "non_string_content": "a prompt, completion, text or message content is not a string (null, number, list)",
+    "unknown_role": "a role other than system/user/assistant/tool/ipython/function (ShareGPT: system/human/gpt/"
+    "function_call/observation)",
+    "bad_tool_call": "a tool call without a function name, or with arguments that are not a JSON object",
+    "misplaced_system": "a system message that is not the first message",
+    "repeated_role": "two consecutive messages with the same role (other than tool results)",
+    "no_assistant_turn": "no assistant turn (after trimming leading assistant and trailing user turns)",
+    "template_error": "the chat template raised an error on this row (e.g. a system message it does not support)",
+    "history_changes": "the template renders the turn's own history differently once it is answered",
+    "no_stop_token": "an assistant turn is not followed by any of the model's stop tokens",
+    "not_rendered": "the chat template leaves out a field of the row (reasoning, tool calls, tool results, tools)",
+    "audit_failed": "the mask audit could not confirm the row's labels (a masking bug if it is more than a few rows)",
+    "all_trained_tokens_truncated": "max_seq_length cuts off every trained token",
+}
+
+
+class DropExample(Exception):
+    """An example that can't be trained on; `reason` is a key of DROP_REASONS, `detail` says where."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        assert reason in DROP_REASONS, reason
+        self.reason, self.detail = reason, detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class BadToolCall(ValueError):
+    """A tool call that can't be read (its shape, its arguments) or run (an unknown tool, arguments the
+    tool does not take): in a row, a counted drop; written by a model, a miss in the tool loop."""
+
+
+class WorkerTraceback(Exception):
+    """The traceback of the worker that failed, as text (what --debug shows under the error)."""
 
 
 def first_line(exc: BaseException) -> str:

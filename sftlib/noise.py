@@ -2,7 +2,7 @@
 
 Each filter drops one message from one logger, in the one situation where it says nothing a user can
 act on; the same message for any other cause still shows. Fixes at the source live where the source
-is: the kernels' transport and the HTML alt text in sftlib.pipeline.
+is: the kernels' transport and the HTML alt text in sftlib.suite.pipeline.
 """
 
 from __future__ import annotations

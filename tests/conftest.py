@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from sftlib import embedded
+from sftlib.models import embedded
 
 
 def require(available: bool, what: str, install: str) -> None:

@@ -12,7 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from sftlib import cli, outputs
+from sftlib import cli
+from sftlib.outputs import saving
 
 STAMPS = Path(os.environ["SFTLIB_TEST_STAMPS"])
 RANK = os.environ.get("RANK", "0")
@@ -46,7 +47,7 @@ def stamped_merge(merge_run):
 
 
 atexit.register(lambda: stamp(f"exit-rank-{RANK}"))
-outputs.merge_run = stamped_merge(outputs.merge_run)
+saving.merge_run = stamped_merge(saving.merge_run)
 
 if __name__ == "__main__":
     sys.exit(cli.main(sys.argv[1:]))

@@ -36,8 +36,8 @@ from test_chat_templates import (
     template_tokenizers,
 )
 
-from sftlib import chat, masking, rendering, sources
-from sftlib.conversations import DropExample
+from sftlib.data import chat, masking, rendering, sources
+from sftlib.errors import DropExample
 
 SYSTEM = "You are a concise weather assistant."
 WEATHER = {

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sftlib import demo
+from sftlib.lessons import demo
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,9 @@
-"""The shape of the package: data flows one way (no import cycle), nothing reaches into another library's
-private names, and every module says its one job in a docstring and stays small.
+"""The shape of the package: stages in the order data flows through them, each a sub-package that imports
+only itself and the stages before it (no cycle, between modules or between stages); nothing reaches into
+another library's private names, files or undocumented internals; every module says its one job in a
+docstring and stays small.
 
-Both checks read the source with `ast`, so imports inside functions count as much as those at the top,
+The checks read the source with `ast`, so imports inside functions count as much as those at the top,
 and a comment or a string never does. Each check is first run on snippets it must refuse, so a check
 that stopped seeing anything would fail here too.
 """
@@ -42,7 +44,8 @@ def imported_modules(tree: ast.Module, known: set[str], this: str) -> set[str]:
         for name in names:
             while name and name not in known:
                 name = name.rpartition(".")[0]
-            if name and name != this:
+            # a package's __init__ runs before each of its modules: not an edge from those modules back to it
+            if name and name != this and not this.startswith(name + "."):
                 found.add(name)
     return found - {"sftlib"}  # the package's __init__ is imported by every module; it imports nothing back
 
@@ -96,7 +99,8 @@ def test_the_cycle_check_finds_a_cycle_through_a_function_level_import():
 def test_sftlib_has_no_import_cycle():
     graph = import_graph(modules())
     assert (
-        "sftlib.trainer" in graph["sftlib.train"] and "sftlib.plan" in graph["sftlib.trainer"]
+        "sftlib.training.trainer" in graph["sftlib.training.train"]
+        and "sftlib.training.fast_path.plan" in graph["sftlib.training.trainer"]
     )  # it sees edges
     assert cycles(graph) == []
 
@@ -161,7 +165,7 @@ def private_reaches(tree: ast.Module, own_modules: set[str]) -> list[str]:
 
 
 def test_the_private_reach_check_refuses_each_kind_of_reach():
-    own = {"sftlib.attention"}
+    own = {"sftlib.models.attention"}
     refused = [
         "from trl.trainer.sft_trainer import DataCollatorForLanguageModeling",
         "import trl.trainer.utils",
@@ -176,14 +180,115 @@ def test_the_private_reach_check_refuses_each_kind_of_reach():
         assert private_reaches(ast.parse(code), own), code
     allowed = [
         "class T:\n    def f(self):\n        return self._step()",
-        "from sftlib import attention\nx = attention._groups",
-        "from sftlib.attention import _groups",
+        "from sftlib.models import attention\nx = attention._groups",
+        "from sftlib.models.attention import _groups",
         "from trl import SFTTrainer",
         "x = obj.__class__.__name__",
         "# trl.trainer.utils is named in a comment\ns = 'model._private in a string'",
     ]
     for code in allowed:
         assert private_reaches(ast.parse(code), own) == [], code
+
+
+# Names of transformers.integrations that transformers documents for custom attention (its "Attention
+# Interface" page): a function registered with AttentionInterface may call the sdpa one.
+DOCUMENTED_INTEGRATIONS = {"transformers.integrations.sdpa_attention.sdpa_attention_forward"}
+EXCEPTION_NOTE = "no public hook ("  # the comment an unavoidable reach carries: the library, its version, why
+
+
+def trl_exports() -> set[str]:
+    import trl
+
+    return set(trl.__all__)
+
+
+def undocumented_reaches(tree: ast.Module, lines: list[str], own_modules: set[str]) -> list[str]:
+    """Where `tree` reaches past another library's public surface: a path built from another package's
+    `__file__` or from its package data (`importlib.resources.files("pkg")`); transformers.integrations
+    beyond DOCUMENTED_INTEGRATIONS; a TRL name that `trl` does not export. A reach with no public
+    alternative passes only when its line, or the comment right above it, carries EXCEPTION_NOTE."""
+    found = []
+    exports = trl_exports()
+
+    def noted(node) -> bool:
+        """EXCEPTION_NOTE on the node's line, or in the comment lines right above it."""
+        k = getattr(node, "lineno", 0)
+        if 0 < k <= len(lines) and EXCEPTION_NOTE in lines[k - 1]:
+            return True
+        while k > 1 and lines[k - 2].lstrip().startswith("#"):
+            k -= 1
+            if EXCEPTION_NOTE in lines[k - 1]:
+                return True
+        return False
+
+    for node in ast.walk(tree):
+        where = f"line {getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.Attribute) and node.attr == "__file__":
+            if not (isinstance(node.value, ast.Name) and node.value.id in own_modules | {"sftlib"}):
+                found.append(f"{where}: a path from another package's __file__")
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "id", getattr(node.func, "attr", None)) == "files"
+        ):
+            arg = node.args[0] if node.args else None
+            other = (
+                isinstance(arg, ast.Constant)
+                and isinstance(arg.value, str)
+                and not arg.value.startswith("sftlib")
+            )
+            if other and not noted(node):
+                found.append(f"{where}: the package data of {arg.value}")
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{a.name}" for a in node.names]
+            if node.module.startswith("transformers.integrations"):
+                found += [
+                    f"{where}: {n}" for n in names if n not in DOCUMENTED_INTEGRATIONS and not noted(node)
+                ]
+            if node.module.split(".")[0] == "trl":
+                found += [
+                    f"{where}: {n} (not exported by trl)"
+                    for n, a in zip(names, node.names, strict=True)
+                    if a.name not in exports and not noted(node)
+                ]
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("transformers.integrations") and not noted(node):
+                    found.append(f"{where}: import {alias.name}")
+    return found
+
+
+def test_the_reach_checks_refuse_each_planted_reach_and_pass_the_public_ones():
+    refused = [
+        "import trl\nfrom pathlib import Path\nfolder = Path(trl.__file__).parent / 'chat_templates'",
+        "from importlib.resources import files\nfolder = files('trl') / 'chat_templates'",
+        "from transformers.integrations.sdpa_attention import repeat_kv",
+        "import transformers.integrations.flash_attention",
+        "from trl.data_utils import common_prefix_length",
+        "from trl import _lazy_module",
+    ]
+    for code in refused:
+        assert undocumented_reaches(ast.parse(code), code.splitlines(), set()), code
+    allowed = [
+        "from transformers.integrations.sdpa_attention import sdpa_attention_forward",
+        "from trl import SFTConfig, SFTTrainer",
+        "from trl.chat_template_utils import get_training_chat_template",
+        "from pathlib import Path\nHERE = Path(__file__).parent",
+        "from importlib.resources import files\nfiles('sftlib.configs')",
+        "# no public hook (TRL 1.16): its bundled templates are package data,\n# read here\nfolder = files('trl')",
+    ]
+    for code in allowed:
+        assert undocumented_reaches(ast.parse(code), code.splitlines(), set()) == [], code
+
+
+def test_sftlib_reaches_no_undocumented_internals_of_another_library():
+    trees = modules()
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = module_name(path)
+        reaches = undocumented_reaches(trees[name], path.read_text().splitlines(), set(trees))
+        if reaches:
+            found[name] = reaches
+    assert found == {}
 
 
 def test_sftlib_uses_no_private_name_of_another_library():

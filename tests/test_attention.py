@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sftlib import attention, embedded
+from sftlib.models import attention, embedded
 
 
 @pytest.fixture(scope="module")

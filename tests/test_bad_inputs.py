@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sftlib import cli, embedded
+from sftlib import cli
+from sftlib.models import embedded
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "data"
@@ -288,7 +289,7 @@ def test_output_dir_permission_denied(ws, capsys, monkeypatch):
     def denied(cfg, output_dir):
         raise PermissionError(errno.EACCES, "Permission denied", str(output_dir))
 
-    monkeypatch.setattr("sftlib.train.write_resolved", denied)
+    monkeypatch.setattr("sftlib.outputs.saving.write_resolved", denied)
     code, err = run_cli(["train", "--config", ws.config()], capsys)
     assert_clear_error(code, err, f"permission denied ({ws.out})", "a path you can write to")
 
@@ -311,7 +312,7 @@ def test_training_with_a_full_disk(ws, capsys, monkeypatch):
     def full(cfg, output_dir):
         raise OSError(errno.ENOSPC, "No space left on device", str(output_dir))
 
-    monkeypatch.setattr("sftlib.train.write_resolved", full)
+    monkeypatch.setattr("sftlib.outputs.saving.write_resolved", full)
     code, err = run_cli(["train", "--config", ws.config()], capsys)
     assert_clear_error(code, err, "the disk is full", "free disk space")
 
@@ -323,7 +324,7 @@ def test_masks_with_a_full_disk_raised_inside_a_library(ws, capsys, monkeypatch)
         except OSError as exc:
             raise RuntimeError("failed writing file") from exc  # as torch/safetensors re-raise it
 
-    monkeypatch.setattr("sftlib.views.write_masks_jsonl", full)
+    monkeypatch.setattr("sftlib.data.export.write_masks_jsonl", full)
     code, err = run_cli(["masks", "--config", ws.config(), "--out", ws.root / "m.jsonl"], capsys)
     assert_clear_error(code, err, "the disk is full", "free disk space")
 

@@ -36,7 +36,7 @@ def test_both_sides_train_on_the_same_examples_and_count_the_same_real_and_train
     assert (ours["micro_batch_size"], ours["gradient_accumulation_steps"]) == (4, 1)
     assert base["activation_checkpointing"] and ours["pass_tokens"] == 1
     assert ours["activation_mb_per_1k_tokens"] > 0 and base["activation_mb_per_1k_tokens"] is None
-    assert ours["fast_path"]["passes"] >= 2 * 4 and base["fast_path"] is None
+    assert ours["plan"]["passes"] >= 2 * 4 and base["plan"] is None
 
 
 def test_the_profile_splits_a_step_into_the_named_categories(sides):
@@ -50,7 +50,7 @@ def test_the_profile_splits_a_step_into_the_named_categories(sides):
 
 
 def test_the_machine_record_names_the_cpu_and_whether_bf16_is_native(monkeypatch):
-    from sftlib.modeling import cpu_bf16_flags
+    from sftlib.bench.machine import cpu_bf16_flags
 
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     m = machine.machine()
@@ -62,7 +62,7 @@ def test_the_machine_record_names_the_cpu_and_whether_bf16_is_native(monkeypatch
 
 
 def test_cpu_flags_tell_native_bf16_on_x86_and_arm():
-    from sftlib.modeling import cpu_bf16_flags
+    from sftlib.bench.machine import cpu_bf16_flags
 
     assert cpu_bf16_flags("flags\t\t: fpu avx512f avx512_bf16 amx_tile amx_bf16\n") == [
         "avx512_bf16",
@@ -106,10 +106,9 @@ def test_the_table_reports_both_sides_and_leaves_out_gpu_memory_on_a_cpu(sides):
 
 
 def test_without_native_bf16_only_fp32_ceilings_are_timed_and_the_table_says_so(monkeypatch, sides):
-    from sftlib import modeling
     from sftlib.config import load_config
 
-    monkeypatch.setattr(modeling, "cpu_has_fast_bf16", lambda: False)  # as on a CPU with emulated bf16
+    monkeypatch.setattr(machine, "cpu_has_fast_bf16", lambda: False)  # as on a CPU with emulated bf16
     assert machine.usable_precisions("cpu") == ("float32",)
     monkeypatch.setattr(
         machine, "model_shape_ceilings", lambda cfg, device, precisions: {"precisions": precisions}

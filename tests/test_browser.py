@@ -22,7 +22,7 @@ from tests.conftest import require
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ("01_explore_dataset", "02_verify_masking")
-TRAINED_COLOURS = {"rgb(158, 202, 225)", "rgb(49, 130, 189)"}  # views.TOKEN_STATES trained, trained special
+TRAINED_COLOURS = {"rgb(158, 202, 225)", "rgb(49, 130, 189)"}  # tokens.TOKEN_STATES trained, trained special
 TIMEOUT = 240  # seconds for one notebook's cells on 2 CPU cores
 
 
@@ -199,7 +199,7 @@ def test_the_tool_lessons_masking_view_colours_the_tool_call_as_trained_and_the_
         "const view = document.querySelector('.jp-OutputArea .tokens');"
         "return [...view.querySelectorAll('span')].map(s => [s.textContent, getComputedStyle(s).backgroundColor]);"
     )
-    shown = [(text.replace("·", " ").replace("↵", "\n"), colour) for text, colour in spans]  # views._visible
+    shown = [(text.replace("·", " ").replace("↵", "\n"), colour) for text, colour in spans]  # tokens._visible
     trained = "".join(text for text, colour in shown if colour in TRAINED_COLOURS)
     untrained = "".join(text for text, colour in shown if colour not in TRAINED_COLOURS)
     assert '"name": "weekday"' in trained and "</tool_call>" in trained  # the call, with its arguments

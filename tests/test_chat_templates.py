@@ -9,15 +9,18 @@ justified classes below (docs/masking.md). A difference of a new kind fails the 
 """
 
 import copy
+import importlib.resources
 import re
 from pathlib import Path
 
 import pytest
 
-from sftlib import audit, masking, rendering
-from sftlib.conversations import DropExample
+from sftlib.data import audit, masking, rendering
+from sftlib.errors import DropExample
 
-TEMPLATES = Path(__import__("trl").__file__).parent / "chat_templates"
+# TRL exports no list of its bundled templates (TRL 1.16): read from its package data, as
+# sftlib.models.modeling.bundled_chat_templates does.
+TEMPLATES = Path(str(importlib.resources.files("trl") / "chat_templates"))
 PAIRS = sorted(p.name.removesuffix("_training.jinja") for p in TEMPLATES.glob("*_training.jinja"))
 # Vision templates render content only as lists of image/text blocks: a string content is dropped or raises.
 NOT_TEXT_ONLY = {"idefics3", "llava_next", "smolvlm"}
@@ -311,3 +314,17 @@ def test_audit_rejects_a_span_found_by_searching_for_the_answer_text(tokenizers)
     assert masking.trained_runs(wrong.labels) != masking.trained_runs(tokens.labels)
     with pytest.raises(DropExample, match="does not start where the model's generation starts"):
         audit.check(wrong, example, tok, stop_ids)
+
+
+def test_the_templates_trl_bundles_that_sftlib_names_are_there_with_their_training_variants():
+    """sftlib reads TRL's bundled templates from its package data (no public list): this fails first
+    when TRL moves or renames the ones sftlib's configs, docs and oracle name."""
+    from sftlib.models import modeling
+
+    bundled = modeling.bundled_chat_templates()
+    assert {"qwen3", "qwen2_5", "llama3_1", "llama3", "gptoss"} <= set(bundled)
+    assert all(path.is_file() and path.read_text().strip() for path in bundled.values())
+    assert {"qwen3", "qwen2_5", "llama3"} <= {
+        p.stem.removesuffix("_training") for p in TEMPLATES.glob("*_training.jinja")
+    }
+    assert modeling.chat_template_text("qwen3") == bundled["qwen3"].read_text()

@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sftlib.config import LORA_DEFAULTS, load_config, write_resolved
+from sftlib.config import LORA_DEFAULTS, load_config
 from sftlib.errors import SftlibError
+from sftlib.outputs.saving import write_resolved
 
 BASE = {
     "model": {"path": "embedded:tiny-random-llama", "max_seq_length": 64},
@@ -148,9 +149,9 @@ def test_every_sft_config_field_type_is_one_sftlib_checks(caplog):
     """A field whose annotation sftlib can't check would be accepted with only a warning."""
     import logging
 
-    from sftlib import config, config_values
+    from sftlib.config import run_config, values
 
     with caplog.at_level(logging.WARNING, logger="sftlib"):
-        for tp in config.sft_config_fields().values():
-            config_values.matches(object(), tp)
+        for tp in run_config.sft_config_fields().values():
+            values.matches(object(), tp)
     assert not [r for r in caplog.records if "can't check" in r.getMessage()]

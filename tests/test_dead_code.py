@@ -18,7 +18,7 @@ _.should_training_stop  # transformers.TrainerControl: read by the Trainer
 _.error  # argparse.ArgumentParser.error: argparse calls it on a usage error
 frame  # signal handlers take (signum, frame)
 _.use_cache  # transformers' model.config.use_cache, read by the model
-TOOLS  # named by notebook 05's TOOLS parameter (sftlib.tool_lesson:TOOLS), imported by evaluate.load_tools
+TOOLS  # named by notebook 05's TOOLS parameter (sftlib.lessons.tool_task:TOOLS), imported by evaluate.load_tools
 write_demo_dataset  # writes configs/data/*; tests/test_demo.py checks the committed files are its output
 """
 

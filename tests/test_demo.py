@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from sftlib import date_task, demo, modeling, pipeline, shipped
+from sftlib import shipped
 from sftlib.config import load_config
 from sftlib.errors import SftlibError
+from sftlib.lessons import date_task, demo
+from sftlib.models import modeling
+from sftlib.suite import pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / demo.LESSONS["dates"].data
@@ -77,7 +80,7 @@ def test_committed_files_are_what_the_generator_writes(tmp_path):
     paths = demo.write_demo_dataset(tmp_path)
     for split in ("train", "test"):
         assert paths[split].read_bytes() == (COMMITTED / f"{split}.jsonl").read_bytes(), (
-            f"{COMMITTED / split}.jsonl is stale: regenerate it with `python -c 'from sftlib import demo; "
+            f"{COMMITTED / split}.jsonl is stale: regenerate it with `python -c 'from sftlib.lessons import demo; "
             "demo.write_demo_dataset()'`"
         )
 

@@ -1,7 +1,7 @@
 """Data-parallel training on CPU: both launch paths, real world size 2, one model across the ranks.
 
 The slow tests start two gloo processes on the tiny model: through `accelerate launch` (the CLI path)
-and through `sftlib.train.launch` (the notebook path). The fast ones check the launch configs in
+and through `sftlib.training.launch.launch` (the notebook path). The fast ones check the launch configs in
 configs/accelerate/ and the guards against launches that would not be one training run.
 """
 
@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sftlib import distributed
 from sftlib.config import load_config
 from sftlib.errors import SftlibError
-from sftlib.train import train
+from sftlib.training import distributed, launch
+from sftlib.training.train import train
 from tests.conftest import write_chat_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def accelerate_launch(config_file: Path, overrides: list[str], stamps: Path, num
     when each rank exits and when the merge starts (in `stamps`)."""
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
-        "--num_processes", str(num_processes), "--main_process_port", str(distributed.free_port()),
+        "--num_processes", str(num_processes), "--main_process_port", str(launch.free_port()),
         str(ROOT / "tests/launch_stamped.py"), "train", "--config", "configs/tiny.yaml",
     ]  # fmt: skip
     for item in overrides:
@@ -84,8 +84,8 @@ def test_accelerate_launch_trains_one_model_on_two_cpu_processes_in_half_the_ste
     assert info["world_size"] == 2 and info["distributed_type"] == "MULTI_CPU"
     assert single["world_size"] == 1 and single["global_step"] == ROWS // 4
     assert info["global_step"] * 2 == single["global_step"]  # each step consumed a batch on each rank
-    assert info["fast_path"]["split"] == "micro_batches"  # the same number of passes on every rank
-    assert info["fast_path"]["passes"] == 4 * info["global_step"]  # 4 one-example micro-batches per step
+    assert info["plan"]["split"] == "micro_batches"  # the same number of passes on every rank
+    assert info["plan"]["passes"] == 4 * info["global_step"]  # 4 one-example micro-batches per step
     fingerprints = info["rank_param_fingerprints"]
     assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]  # the ranks hold one model
     assert (ddp_run["out"] / "lora_weights" / "adapter_model.safetensors").is_file()
@@ -129,7 +129,7 @@ def test_notebook_launcher_runs_two_processes_and_writes_the_same_artifacts_as_a
     # A fresh interpreter, as a notebook kernel is: accelerate.notebook_launcher forks it.
     out = tmp_path / "notebook"
     code = (
-        "import sys, json; from sftlib.train import launch; "
+        "import sys, json; from sftlib.training.launch import launch; "
         "launch(sys.argv[1], json.loads(sys.argv[2]), num_processes=2)"
     )
     overrides = json.dumps(one_epoch(ddp_run["data"], out, pass_tokens=1))
@@ -213,9 +213,7 @@ def test_param_fingerprint_covers_only_trainable_weights_and_sees_a_single_chang
 
 
 def test_notebook_launch_command_is_the_cli_command():
-    cmd = distributed.launch_command(
-        "configs/tiny.yaml", ["training.max_steps=3"], 2, port=12345, overwrite=True
-    )
+    cmd = launch.launch_command("configs/tiny.yaml", ["training.max_steps=3"], 2, port=12345, overwrite=True)
     assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
     assert (
         cmd[cmd.index("--num_processes") + 1] == "2" and cmd[cmd.index("--main_process_port") + 1] == "12345"
@@ -231,7 +229,7 @@ def test_notebook_launch_command_is_the_cli_command():
         "training.max_steps=3",
         "--overwrite",
     ]
-    with_config = distributed.launch_command(None, [], 4, accelerate_config="configs/accelerate/fsdp.yaml")
+    with_config = launch.launch_command(None, [], 4, accelerate_config="configs/accelerate/fsdp.yaml")
     assert (
         with_config[3:5] == ["--config_file", "configs/accelerate/fsdp.yaml"]
         and "--multi_gpu" not in with_config
@@ -286,10 +284,10 @@ def test_fsdp_config_builds_an_fsdp2_full_shard_plugin_wrapping_each_llama_decod
     from transformers import AutoModelForCausalLM
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-    from sftlib import embedded
+    from sftlib.models import embedded
 
     args, _ = launch_args(
-        ROOT / "configs/accelerate/fsdp.yaml", "--main_process_port", str(distributed.free_port())
+        ROOT / "configs/accelerate/fsdp.yaml", "--main_process_port", str(launch.free_port())
     )
     assert args.use_fsdp
     env = {

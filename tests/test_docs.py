@@ -145,8 +145,9 @@ def module_problems(text: str, page: Path) -> list[str]:
             where = where / parts.pop(0)
         if parts and (where / f"{parts[0]}.py").is_file():
             module, attrs = where / f"{parts.pop(0)}.py", parts[:1] + ([name] if name else [])
-        elif not parts:
-            module, attrs = where / "__init__.py", [name] if name else []
+        elif not parts or (where != ROOT / "sftlib" and (where / "__init__.py").is_file()):
+            # a package, or a name its __init__ defines (sftlib.data.IGNORE_INDEX)
+            module, attrs = where / "__init__.py", parts[:1] + ([name] if name else [])
         elif "sftlib." + dotted in mapped or any(p.startswith(f"sftlib.{dotted}.") for p in mapped):
             continue
         else:
@@ -344,7 +345,7 @@ CHECKS = (
 BAD = {
     link_problems: "See [masking](docs/no_such_page.md) and [here](docs/masking.md#no-such-heading).",
     path_problems: "The rule is in `sftlib/no_such_module.py`, run with configs/no_such.yaml.",
-    module_problems: "Call `sftlib.masking.no_such_function`, or `sftlib.no_such_module`.",
+    module_problems: "Call `sftlib.data.masking.no_such_function`, or `sftlib.no_such_module`.",
     command_problems: "```bash\nsftlib train --no-such-option\nmake no-such-target\n```\nand `sftlib masks --nope`.",
     table_problems: "| a | b |\n| --- | --- |\n| `<|im_end|>` | x |\n| one cell |\n",
     config_problems: "```yaml\ntraining:\n  learning_rat: 1\n```\n```yaml\ndataset: {name: x, fraction: 2}\n```",
@@ -353,8 +354,8 @@ BAD = {
 }
 GOOD = {
     link_problems: "See [masking](docs/masking.md#the-audit) and [the web](https://example.org/x.md).",
-    path_problems: "The rule is in `sftlib/masking.py`, run with configs/demo.yaml and `configs/*.yaml`.",
-    module_problems: "Call `sftlib.masking.IGNORE`, `sftlib.tool_lesson:TOOLS` or `sftlib.bench.side`.",
+    path_problems: "The rule is in `sftlib/data/masking.py`, run with configs/demo.yaml and `configs/*.yaml`.",
+    module_problems: "Use `sftlib.data.IGNORE_INDEX`, `sftlib.lessons.tool_task:TOOLS` or `sftlib.bench.side`.",
     command_problems: "```bash\nsftlib train --config configs/tiny.yaml --set training.max_steps=3\nmake test\n```",
     table_problems: "| a | b |\n| --- | --- |\n| `<\\|im_end\\|>` | x |\n",
     config_problems: "```yaml\ndataset:\n  - {name: a.jsonl, train_on: last_assistant}\n  - {name: b.jsonl, fraction: 0.5}\n```",

@@ -6,11 +6,14 @@ import logging
 import pytest
 import torch
 
-from sftlib import dataset, embedded, masking, measure, pass_tuner, plan, views
-from sftlib import trainer as trainers
 from sftlib.config import load_config
+from sftlib.data import dataset, masking
 from sftlib.errors import SftlibError
-from sftlib.passes import example_spans, examples_per_micro_batch, pack_rows, split_passes
+from sftlib.models import embedded
+from sftlib.training import trainer as trainers
+from sftlib.training.fast_path import measure, pass_tuner, plan
+from sftlib.training.fast_path.passes import example_spans, examples_per_micro_batch, pack_rows, split_passes
+from sftlib.views import tables
 from tests.conftest import write_chat_rows
 
 TINY = "embedded:tiny-random-llama"
@@ -117,8 +120,8 @@ def tiny_cfg(tmp_path, *overrides):
 def build(cfg, fast: bool):
     from trl import SFTTrainer
 
-    from sftlib import modeling
-    from sftlib.sft_args import sft_config
+    from sftlib.models import modeling
+    from sftlib.training.sft_args import sft_config
 
     tokenizer = modeling.load_tokenizer(cfg.model)
     data = dataset.prepare(cfg, tokenizer, splits=("train",))
@@ -227,13 +230,17 @@ def test_a_step_in_passes_gives_the_gradient_of_one_pass(tmp_path):
 def test_the_trainer_is_one_class_with_its_plan_and_patches_nothing(tmp_path):
     cfg = tiny_cfg(tmp_path, "training.max_steps=1")
     trainer = build(cfg, fast=True)
-    assert type(trainer) is trainers.SftlibTrainer and type(trainer).__module__ == "sftlib.trainer"
+    assert type(trainer) is trainers.SftlibTrainer and type(trainer).__module__ == "sftlib.training.trainer"
     assert "training_step" not in vars(trainer) and "compute_loss" not in vars(trainers.SftlibTrainer)
     assert not hasattr(trainer, "sftlib_plan")
     with pytest.raises(dataclasses.FrozenInstanceError):
         trainer.plan.pass_tokens = 1  # the plan is a record; what changes during the run is the trainer's
     record = trainer.plan_record()
-    assert record["used"] and record["precision"] == "fp32" and "training.bf16" in record["precision_from"]
+    assert (
+        record["fast_path_on"]
+        and record["precision"] == "fp32"
+        and "training.bf16" in record["precision_from"]
+    )
 
 
 def test_pass_size_is_timed_on_the_first_steps_and_recorded(tmp_path, caplog):
@@ -259,7 +266,7 @@ def test_pass_size_is_timed_on_the_first_steps_and_recorded(tmp_path, caplog):
     # checkpointing was decided for the largest candidate, which the tuner may keep
     assert f"for {max(tuner.candidates)} tokens" in record["checkpointing_from"]
     # notebook 03 shows each decision with its reason
-    rows = {row["key"]: row["value"] for row in views.fast_path_rows(record)}
+    rows = {row["key"]: row["value"] for row in tables.plan_rows(record)}
     assert rows["pass_tokens"].startswith(f"{timing['chosen']}: timed on the first steps (tokens/s")
     assert rows["precision"].startswith(record["precision"]) and record["precision_from"] in rows["precision"]
     assert rows["activation checkpointing"].endswith(record["checkpointing_from"])
@@ -329,7 +336,7 @@ def test_unset_precision_is_timed_and_bf16_stores_the_frozen_base_in_bf16(tmp_pa
 
 def test_precision_timing_stops_once_one_precision_is_clearly_slower(monkeypatch):
     """Emulated bf16 is tens of times slower: the smallest shape settles it, the LM head is never timed."""
-    from sftlib import timing
+    from sftlib.training.fast_path import timing
 
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 32), torch.nn.Linear(32, 512))
     timed = []
@@ -355,24 +362,42 @@ def test_precision_timing_stops_once_one_precision_is_clearly_slower(monkeypatch
 
 def test_checkpointing_is_decided_from_measured_memory_or_told(tmp_path):
     cfg = tiny_cfg(tmp_path, "training.activation_checkpointing=null")
-    decide = plan.decide_checkpointing
-    on, why = decide(cfg, 2**20, 2**31, False, 256, 100, True, None)
+
+    def decide(cfg, bytes_per_token, free_bytes, sharded, fast_path_on=True):
+        return plan.decide_checkpointing(
+            cfg,
+            None,
+            bytes_per_token=bytes_per_token,
+            free_bytes=free_bytes,
+            sharded=sharded,
+            pass_tokens=256,
+            longest=100,
+            fast_path_on=fast_path_on,
+        )
+
+    on, why = decide(cfg, 2**20, 2**31, False)
     assert not on and "fit in" in why
-    on, why = decide(cfg, 2**20, 3 * 2**27, False, 256, 100, True, None)  # 256 MiB > half of 384 MiB
+    on, why = decide(cfg, 2**20, 3 * 2**27, False)  # 256 MiB > half of 384 MiB
     assert on and "exceed" in why
-    on, why = decide(cfg, None, None, True, 256, 100, False, None)
+    on, why = decide(cfg, None, None, True, fast_path_on=False)
     assert on and "training.activation_checkpointing: false" in why  # sharded: a logged decision
     told = tiny_cfg(tmp_path, "training.activation_checkpointing=false")
-    assert decide(told, None, None, False, 256, 100, True, None) == (
-        False,
-        "set by training.activation_checkpointing",
-    )
+    assert decide(told, None, None, False) == (False, "set by training.activation_checkpointing")
 
 
 def test_unmeasurable_activation_memory_is_an_error_that_says_what_to_set(tmp_path):
     cfg = tiny_cfg(tmp_path, "training.activation_checkpointing=null")
     with pytest.raises(SftlibError, match="activation_checkpointing: true"):
-        plan.decide_checkpointing(cfg, None, 2**31, False, 256, 100, True, None)
+        plan.decide_checkpointing(
+            cfg,
+            None,
+            bytes_per_token=None,
+            free_bytes=2**31,
+            sharded=False,
+            pass_tokens=256,
+            longest=100,
+            fast_path_on=True,
+        )
 
 
 def test_without_the_fast_path_the_log_and_record_say_why_and_checkpointing_is_decided(tmp_path, caplog):
@@ -380,14 +405,14 @@ def test_without_the_fast_path_the_log_and_record_say_why_and_checkpointing_is_d
     with caplog.at_level(logging.INFO, logger="sftlib"):
         trainer = build(cfg, fast=True)
     record = trainer.plan_record()
-    assert not record["used"] and "packing" in record["why"] and record["split"] == "none"
+    assert not record["fast_path_on"] and "packing" in record["why"] and record["split"] == "none"
     assert any("fast path off: training.packing" in r.message for r in caplog.records)
     assert "half the free memory" in record["checkpointing_from"]  # measured, not TRL's default True
     assert trainer.args.activation_checkpointing is record["activation_checkpointing"] is False
 
 
 def test_pass_tokens_is_validated_refused_without_the_fast_path_and_not_passed_to_trl(tmp_path):
-    from sftlib.sft_args import sft_config
+    from sftlib.training.sft_args import sft_config
 
     cfg = tiny_cfg(tmp_path, "training.pass_tokens=64", "training.activation_checkpointing=null")
     assert cfg.training["pass_tokens"] == 64 == cfg.pass_tokens

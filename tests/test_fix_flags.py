@@ -26,12 +26,19 @@ WITH_CONFIG = ("train", "check", "masks", "merge", "bench", "pipeline", "demo")
 # (file, flag) -> the commands whose runs can raise that Fix.
 PRINTED_BY = {
     ("sftlib/cli.py", "--limit"): ("masks",),
-    ("sftlib/config.py", "--config"): WITH_CONFIG,
-    ("sftlib/config_values.py", "--set"): WITH_CONFIG,
-    ("sftlib/generate.py", "--chat-template-kwargs"): ("generate",),
-    ("sftlib/guards.py", "--overwrite"): ("train", "pipeline", "demo"),  # raised in training, notebook 03 too
-    ("sftlib/pipeline.py", "--only"): ("pipeline",),  # demo runs every notebook
-    ("sftlib/pipeline.py", "--resume"): ("pipeline", "demo"),  # Ctrl-C: go on from the newest checkpoint
+    ("sftlib/config/run_config.py", "--config"): WITH_CONFIG,
+    ("sftlib/config/values.py", "--set"): WITH_CONFIG,
+    ("sftlib/inference/prompts.py", "--chat-template-kwargs"): ("generate",),
+    ("sftlib/training/guards.py", "--overwrite"): (
+        "train",
+        "pipeline",
+        "demo",
+    ),  # raised in training, notebook 03 too
+    ("sftlib/suite/pipeline.py", "--only"): ("pipeline",),  # demo runs every notebook
+    ("sftlib/suite/pipeline.py", "--resume"): (
+        "pipeline",
+        "demo",
+    ),  # Ctrl-C: go on from the newest checkpoint
 }
 ERRORS = {"SftlibError", "Interrupted", "Diverged"}
 
@@ -137,7 +144,7 @@ def test_the_source_check_sees_fixes_and_refuses_a_flag_a_command_lacks():
 
 
 def tiny(tmp_path: Path, *extra: str) -> list[str]:
-    from sftlib import demo
+    from sftlib.lessons import demo
 
     data = tmp_path / "data"
     if not (data / "train.jsonl").is_file():

@@ -5,12 +5,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from sftlib import embedded
 from sftlib.config import DatasetConfig, ModelConfig, RunConfig
 from sftlib.errors import SftlibError
-from sftlib.generate import generate, load_for_generation, prompts_for
-from sftlib.modeling import stop_ids
-from sftlib.scoring import score, token_f1
+from sftlib.inference.generate import generate
+from sftlib.inference.loading import load_for_generation
+from sftlib.inference.prompts import prompts_for
+from sftlib.inference.scoring import score, token_f1
+from sftlib.models import embedded
+from sftlib.models.modeling import stop_ids
 
 TINY = "embedded:tiny-random-llama"
 PROMPTS = [
@@ -123,19 +125,19 @@ def test_prompts_come_from_the_user_the_held_out_split_or_training_labelled_as_s
 
     held_out = prompts_for(cfg(eval_split="test"), limit=2)
     assert (
-        held_out.source == "held-out"
+        held_out.origin == "held-out"
         and held_out.scored()
         and all(r is not None for r in held_out.references)
     )
     seen = prompts_for(cfg(), limit=50)
     assert (
-        seen.source == "seen in training"
+        seen.origin == "seen in training"
         and not seen.scored()
         and seen.references == [None] * len(seen.prompts)
     )
     assert 0 < len(seen.prompts) <= 4
     own = prompts_for(cfg(), own=["Write 5 March 2021 as YYYY-MM-DD."])
-    assert own.source == "yours" and own.prompts == [
+    assert own.origin == "yours" and own.prompts == [
         [{"role": "user", "content": "Write 5 March 2021 as YYYY-MM-DD."}]
     ]
 
@@ -167,7 +169,7 @@ def test_score_refuses_mismatched_lengths():
 
 
 def test_cpu_has_fast_bf16_matches_the_cpu_flags():
-    from sftlib.modeling import cpu_has_fast_bf16
+    from sftlib.bench.machine import cpu_has_fast_bf16
 
     flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
     if not flags:
@@ -217,8 +219,9 @@ def _tool_row(i: int, final: bool = True, **extra) -> dict:
 def test_held_out_prompts_are_the_prompts_masking_trained_after_with_tools_and_template_kwargs(tmp_path):
     import json
 
-    from sftlib import dataset, modeling
-    from sftlib.generate import _prompt_texts
+    from sftlib.data import dataset
+    from sftlib.inference.generate import _prompt_texts
+    from sftlib.models import modeling
 
     chat = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
     test_rows = [
@@ -239,7 +242,7 @@ def test_held_out_prompts_are_the_prompts_masking_trained_after_with_tools_and_t
         ),
     )
     asked = prompts_for(cfg, limit=10)
-    assert asked.source == "held-out"
+    assert asked.origin == "held-out"
     assert asked.references == ["2021-03-01 was a Friday.", "2021-03-02 was a Friday.", "Hello."]
     assert asked.prompts[0][-1] == {"role": "tool", "tool_call_id": "c0", "content": '{"weekday": "Friday"}'}
     assert asked.prompts[0][2]["tool_calls"][0]["function"]["arguments"] == {"date": "2021-03-01"}
@@ -268,8 +271,8 @@ def test_held_out_prompts_are_the_prompts_masking_trained_after_with_tools_and_t
 
 def test_generate_renders_each_prompt_with_its_context(tiny):
     model, tokenizer = tiny
-    from sftlib import rendering
-    from sftlib.generate import _prompt_texts
+    from sftlib.data import rendering
+    from sftlib.inference.generate import _prompt_texts
 
     contexts = [rendering.template_context({"tools": [WEEKDAY]}), None]
     texts, _ = _prompt_texts(tokenizer, PROMPTS[:2], contexts)
@@ -282,8 +285,8 @@ def test_generate_renders_each_prompt_with_its_context(tiny):
 
 
 def test_own_prompts_and_the_cli_use_the_kwargs_the_run_was_trained_with(tmp_path):
-    from sftlib.config import write_resolved
-    from sftlib.generate import trained_template_kwargs
+    from sftlib.inference.prompts import trained_template_kwargs
+    from sftlib.outputs.saving import write_resolved
 
     cfg = RunConfig(
         ModelConfig(path=TINY),

@@ -16,7 +16,7 @@ def launch_two(overrides: list[str], debug: bool = False) -> subprocess.Complete
     code = (
         "import sys, json\n"
         "from sftlib import cli\n"
-        "from sftlib.train import launch\n"
+        "from sftlib.training.launch import launch\n"
         f"sys.exit(cli.report(lambda: launch(sys.argv[1], json.loads(sys.argv[2]), num_processes=2), debug={debug}))"
     )
     return subprocess.run(

@@ -1,10 +1,11 @@
-"""Labels for every format and chat template (sftlib.masking, sftlib.dataset): by rendering, never by search.
+"""Labels for every format and chat template (sftlib.data.masking, sftlib.data.dataset): by rendering, never by search.
 
 The oracle comparison with TRL's marker templates is tests/test_chat_templates.py.
 """
 
 import copy
 import dataclasses
+import importlib.resources
 import json
 import random
 from pathlib import Path
@@ -13,12 +14,16 @@ import datasets
 import pytest
 import vocabularies
 
-from sftlib import audit, conversations, dataset, label_cache, masking, modeling, reports, sources, views
 from sftlib.config import DatasetConfig, ModelConfig, RunConfig
-from sftlib.errors import SftlibError
+from sftlib.data import audit, conversations, dataset, export, label_cache, loader, masking, reports, sources
+from sftlib.errors import DropExample, SftlibError
+from sftlib.models import modeling
+from sftlib.views import report, tokens
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
-TRL_TEMPLATES = Path(__import__("trl").__file__).parent / "chat_templates"
+# TRL exports no list of its bundled templates (TRL 1.16): read from its package data, as
+# sftlib.models.modeling.bundled_chat_templates does.
+TRL_TEMPLATES = Path(str(importlib.resources.files("trl") / "chat_templates"))
 SMOL_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 TINY = "embedded:tiny-random-llama"
 FORMAT_FIXTURES = [
@@ -143,7 +148,7 @@ def test_multi_turn_sharegpt_trains_each_gpt_turn_verbatim(tokenizer):
 
 def test_system_prompt_user_turns_and_scaffolding_are_never_trained(tokenizer):
     out = one({"messages": chat("u Hi", "a Hello.", "u Bye", "a Bye!")}, tokenizer)
-    view = views.token_view(out.input_ids, out.labels, tokenizer)
+    view = export.token_view(out.input_ids, out.labels, tokenizer)
     trained = "".join(text for text, is_trained, _ in view if is_trained)
     assert trained == "Hello.<|im_end|>Bye!<|im_end|>"
     untrained = "".join(text for text, is_trained, _ in view if not is_trained)
@@ -196,7 +201,7 @@ def test_text_trains_every_token_and_ends_with_eos(tokenizer):
 def test_stop_tokens_are_the_eos_plus_generation_config(tokenizer, tmp_path):
     from transformers import GenerationConfig
 
-    from sftlib import embedded
+    from sftlib.models import embedded
 
     assert modeling.stop_token_ids(ModelConfig(path=TINY), tokenizer) == [tokenizer.eos_token_id]
     folder = Path(embedded.resolve(TINY))
@@ -227,7 +232,7 @@ def sft_trainer(tokenizer, tmp_path, ds):
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from sftlib import embedded
+    from sftlib.models import embedded
 
     model = AutoModelForCausalLM.from_pretrained(embedded.resolve(TINY), dtype=torch.float32)
     args = SFTConfig(output_dir=str(tmp_path / "trl"), report_to="none", use_cpu=True, max_length=512)
@@ -345,7 +350,7 @@ def test_end_of_turn_marker_that_is_not_a_stop_token_is_named(tokenizer):
         "{% for m in messages %}{{ m.role }}: {{ m.content }}<|eot_id|>\n{% endfor %}"
         "{% if add_generation_prompt %}assistant: {% endif %}",
     )
-    with pytest.raises(conversations.DropExample) as drop:
+    with pytest.raises(DropExample) as drop:
         masking.tokenize_example({"messages": chat("u a", "a b")}, tok)
     assert drop.value.reason == "no_stop_token"
     assert (
@@ -413,15 +418,13 @@ def test_audit_rejects_a_wrong_mask(tokenizer):
     example = {"messages": chat("u Hi", "a Hello."), "index": 3}
     out = one(example, tokenizer)
     everything = masking.Tokens(out.input_ids, list(out.input_ids), out.turns)
-    with pytest.raises(
-        conversations.DropExample, match="audit_failed: example 3: turn 1: the trained run does not start"
-    ):
+    with pytest.raises(DropExample, match="audit_failed: example 3: turn 1: the trained run does not start"):
         audit.check(everything, example, tokenizer)
     shifted = masking.Tokens(out.input_ids, [-100] + out.labels[:-1], out.turns)  # trains "\n" not "H"
-    with pytest.raises(conversations.DropExample, match="does not start where the model's generation starts"):
+    with pytest.raises(DropExample, match="does not start where the model's generation starts"):
         audit.check(shifted, example, tokenizer)
     no_stop = masking.Tokens(out.input_ids, out.labels[:-2] + [-100, -100], out.turns)
-    with pytest.raises(conversations.DropExample, match="does not end with its first stop token"):
+    with pytest.raises(DropExample, match="does not end with its first stop token"):
         audit.check(no_stop, example, tokenizer)
 
 
@@ -635,17 +638,44 @@ def test_the_label_cache_key_covers_every_module_on_the_path_from_row_to_labels(
     import shutil
 
     root = tmp_path / "sftlib"
-    shutil.copytree(Path(label_cache.__file__).parent, root, ignore=shutil.ignore_patterns("__pycache__"))
-    names = {p.name for p in label_cache.dependencies(root)}
-    assert {"dataset.py", "masking.py", "sources.py", "chat.py", "config.py"} <= names
-    assert "plots.py" not in names and "views.py" not in names
+    shutil.copytree(label_cache.PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__"))
+    names = {str(p.relative_to(root)) for p in label_cache.dependencies(root)}
+    expected = {
+        "data/dataset.py",
+        "data/masking.py",
+        "data/sources.py",
+        "data/chat.py",
+        "config/run_config.py",
+    }
+    assert expected | {"data/__init__.py", "models/modeling.py"} <= names
+    assert not {n for n in names if n.startswith(("views/", "inference/", "training/"))}
     before = label_cache.version(root)
-    (root / "plots.py").write_text((root / "plots.py").read_text() + "\n# not on the path\n")
+    scoring = root / "inference" / "scoring.py"  # off the path from row to labels
+    scoring.write_text(scoring.read_text() + "\n# not on the path\n")
     assert label_cache.version(root) == before
-    for name in ("chat.py", "masking.py"):
+    for name in ("data/chat.py", "data/masking.py", "data/__init__.py"):
         (root / name).write_text((root / name).read_text() + "\n# edited\n")
         assert label_cache.version(root) != before
         before = label_cache.version(root)
+
+
+def test_the_label_cache_follows_imports_into_sub_packages_at_any_depth(tmp_path):
+    """A module two folders below sftlib, on the path from row to labels, is part of the key."""
+    import shutil
+
+    root = tmp_path / "sftlib"
+    shutil.copytree(label_cache.PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__"))
+    deep = root / "data" / "inner"
+    deep.mkdir()
+    (deep / "__init__.py").write_text('"""A sub-package of the data stage."""\n')
+    (deep / "rule.py").write_text("LIMIT = 1\n")
+    rendering = root / "data" / "rendering.py"
+    rendering.write_text(rendering.read_text() + "\nfrom sftlib.data.inner.rule import LIMIT  # noqa\n")
+    names = {str(p.relative_to(root)) for p in label_cache.dependencies(root)}
+    assert {"data/inner/rule.py", "data/inner/__init__.py"} <= names
+    before = label_cache.version(root)
+    (deep / "rule.py").write_text("LIMIT = 2\n")
+    assert label_cache.version(root) != before
 
 
 def test_drop_reasons_survive_caching(tokenizer, tmp_path):
@@ -660,11 +690,11 @@ def test_drop_reasons_survive_caching(tokenizer, tmp_path):
 def test_token_view_and_report_show_what_is_trained(tokenizer, tmp_path):
     prepared = dataset.prepare(config("messages.jsonl"), tokenizer)
     row = prepared.train[0]
-    view = views.token_view(row["input_ids"], row["labels"], tokenizer)
+    view = export.token_view(row["input_ids"], row["labels"], tokenizer)
     assert ("<|im_end|>", True, True) in view and ("<|im_start|>", False, True) in view
-    assert "[[Paris.<|im_end|>]]" in views.render_view(view)
-    assert "[[Paris.<|im_end|>]]" in views.format_report(prepared, config("messages.jsonl"), tokenizer)
-    n = views.write_masks_jsonl(prepared.train, tokenizer, tmp_path / "m.jsonl", with_text=True)
+    assert "[[Paris.<|im_end|>]]" in tokens.render_view(view)
+    assert "[[Paris.<|im_end|>]]" in report.format_report(prepared, config("messages.jsonl"), tokenizer)
+    n = export.write_masks_jsonl(prepared.train, tokenizer, tmp_path / "m.jsonl", with_text=True)
     assert (
         n == 3 and '"trained": ["Paris.<|im_end|>", "Rome.<|im_end|>"]' in (tmp_path / "m.jsonl").read_text()
     )
@@ -687,12 +717,12 @@ def tool_rows_with_drops() -> list[dict]:
     """The tool lesson's chats (a call, its result and the answer; every fourth one without a call), a
     row whose reasoning Qwen2.5's template leaves out (dropped after rendering) and one with an unknown
     role (dropped before)."""
-    from sftlib import tool_lesson
+    from sftlib.lessons import tool_task
 
-    rows, _ = tool_lesson.build_tool_rows(10, 0)
+    rows, _ = tool_task.build_tool_rows(10, 0)
     thinking = {"role": "assistant", "content": "Friday", "reasoning_content": "2021-03-05 was a Friday."}
-    rows.insert(3, {"tools": tool_lesson.TOOL_SCHEMAS, "messages": [*rows[3]["messages"][:2], thinking]})
-    rows.insert(7, {"tools": tool_lesson.TOOL_SCHEMAS, "messages": [{"role": "robot", "content": "beep"}]})
+    rows.insert(3, {"tools": tool_task.TOOL_SCHEMAS, "messages": [*rows[3]["messages"][:2], thinking]})
+    rows.insert(7, {"tools": tool_task.TOOL_SCHEMAS, "messages": [{"role": "robot", "content": "beep"}]})
     return rows
 
 
@@ -723,10 +753,10 @@ def test_a_large_split_is_masked_on_every_core_with_the_labels_of_one_process(
     qwen = str(TRL_TEMPLATES / "qwen2_5.jinja")
     default = config(str(path), chat_template=qwen, max_dropped_fraction=0.5)
     one_process = dataclasses.replace(default, training={"dataset_num_proc": 1})
-    monkeypatch.setattr(dataset.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    assert dataset.num_proc_for(default, dataset.PARALLEL_ROWS - 1) is None  # small: no worker processes
-    monkeypatch.setattr(dataset, "PARALLEL_ROWS", 4)  # this 12-row split counts as large
-    assert (dataset.num_proc_for(default, 12), dataset.num_proc_for(one_process, 12)) == (2, 1)
+    monkeypatch.setattr(loader.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert loader.num_proc_for(default, loader.PARALLEL_ROWS - 1) is None  # small: no worker processes
+    monkeypatch.setattr(loader, "PARALLEL_ROWS", 4)  # this 12-row split counts as large
+    assert (loader.num_proc_for(default, 12), loader.num_proc_for(one_process, 12)) == (2, 1)
     prepared = {}
     for name, cfg in {"two": default, "one": one_process}.items():
         monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / f"cache_{name}"))

@@ -1,13 +1,14 @@
-"""Every merge is checked against base + adapter, with a tolerance measured from float rounding (sftlib.merge)."""
+"""Every merge is checked against base + adapter, with a tolerance measured from float rounding (sftlib.outputs.merge)."""
 
 import json
 
 import pytest
 import torch
 
-from sftlib import embedded, merge
 from sftlib.config import ModelConfig
 from sftlib.errors import SftlibError
+from sftlib.models import embedded
+from sftlib.outputs import merge
 
 TINY = "embedded:tiny-random-llama"
 
@@ -30,7 +31,7 @@ def adapter_dir(tmp_path_factory):
 
 def measured(adapter_dir, scale: float):
     """(difference, rounding, effect) for a merge that applies `scale` x the adapter (1.0: a correct merge)."""
-    from sftlib import modeling
+    from sftlib.models import modeling
 
     model = merge.load_base_with_adapter(ModelConfig(path=TINY), adapter_dir, "float32").eval()
     ids = merge.sample_inputs(modeling.load_tokenizer(ModelConfig(path=TINY)))

@@ -7,9 +7,10 @@ from pathlib import Path
 import datasets
 import pytest
 
-from sftlib import dataset, masking, views
 from sftlib.config import config_from_dict
+from sftlib.data import dataset, masking
 from sftlib.errors import SftlibError
+from sftlib.views import tables
 
 TINY = "embedded:tiny-random-llama"
 
@@ -75,7 +76,7 @@ def test_each_source_is_masked_by_its_own_settings_and_reported_with_its_share(t
         runs = masking.trained_runs(row["labels"])
         assert len(runs) == 1  # last_assistant: one trained turn per chat; a completion is one run
     assert set(prepared.eval["source"]) == {1}
-    gates = views.gate_rows(prepared, cfg)  # one row per source and split, each with its own gate
+    gates = tables.gate_rows(prepared, cfg)  # one row per source and split, each with its own gate
     assert [g["split"] for g in gates] == [
         f"{chats['name']} train",
         f"{pcs['name']} train",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sftlib import distributed
+from sftlib.training import launch
 
 ROOT = Path(__file__).resolve().parents[1]
 MULTI_NODE = "configs/accelerate/multi_node.yaml"
@@ -34,7 +34,7 @@ def launch_args(rank: int, main_ip: str, port: int, machines: int, processes: in
 
 @pytest.mark.slow
 def test_two_machines_on_loopback_train_one_model_with_world_size_two(tmp_path):
-    out, port = tmp_path / "out", distributed.free_port()
+    out, port = tmp_path / "out", launch.free_port()
     train = ["-m", "sftlib", "train", "--config", "configs/tiny.yaml"]
     train += ["--set", f"training.output_dir={out}", "--set", "training.max_steps=2"]
     machines = [

@@ -10,8 +10,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from sftlib import cli, notebook, pipeline, shipped
+from sftlib import cli, shipped
 from sftlib.errors import SftlibError
+from sftlib.suite import notebook, pipeline
+from sftlib.views import browser
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -100,7 +102,7 @@ def test_every_step_is_explained_in_markdown(path):
 
 
 def test_go_to_project_root_from_the_notebooks_folder(monkeypatch):
-    monkeypatch.delenv(notebook.HEADLESS_ENV, raising=False)
+    monkeypatch.delenv(browser.HEADLESS_ENV, raising=False)
     monkeypatch.chdir(ROOT / "notebooks")
     assert notebook.go_to_project_root() == ROOT
     assert Path.cwd() == ROOT
@@ -109,7 +111,7 @@ def test_go_to_project_root_from_the_notebooks_folder(monkeypatch):
 def test_under_the_pipeline_the_notebook_stays_in_the_users_working_directory(monkeypatch):
     # the pipeline starts kernels where the user ran it: their config's relative paths mean that folder,
     # even when that folder lies inside a checkout
-    monkeypatch.setenv(notebook.HEADLESS_ENV, "1")
+    monkeypatch.setenv(browser.HEADLESS_ENV, "1")
     monkeypatch.chdir(ROOT / "notebooks")
     assert notebook.go_to_project_root() == ROOT / "notebooks"
     assert Path.cwd() == ROOT / "notebooks"
@@ -196,7 +198,7 @@ def test_only_selects_notebooks_by_prefix():
 
 def tiny_data(tmp: Path) -> str:
     """A small copy of the demo task (the tiny config trains 4 steps of 4 examples on it)."""
-    from sftlib import demo
+    from sftlib.lessons import demo
 
     data = tmp / "data"
     if not (data / "train.jsonl").is_file():

@@ -241,7 +241,7 @@ def test_the_wheel_carries_every_notebook_and_config(wheel_venv):
 
 @pytest.mark.slow
 def test_the_installed_wheel_runs_the_demo_help_and_a_pipeline_from_another_folder(wheel_venv, tmp_path):
-    from sftlib import demo
+    from sftlib.lessons import demo
 
     env, bin_dir = wheel_venv["env"], wheel_venv["bin"]
     where = subprocess.run(

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sftlib import attention, lm_head, plan
+from sftlib.models import attention
+from sftlib.training.fast_path import lm_head, plan
 from tests.test_fastpath import build, tiny_cfg
 
 
@@ -93,7 +94,7 @@ def test_the_configured_attention_trains_and_the_log_says_why(tmp_path, caplog):
 def test_the_lm_head_hook_leaves_calls_without_the_fused_head_alone():
     from transformers import AutoModelForCausalLM
 
-    from sftlib import embedded
+    from sftlib.models import embedded
 
     model = AutoModelForCausalLM.from_pretrained(embedded.resolve("embedded:tiny-random-llama"))
     ids = torch.randint(100, 4000, (1, 12), generator=torch.Generator().manual_seed(0))
@@ -109,9 +110,9 @@ def test_the_lm_head_hook_leaves_calls_without_the_fused_head_alone():
 def test_an_attention_whose_kernels_are_missing_is_one_error_naming_the_setting():
     import importlib.util
 
-    from sftlib import modeling
     from sftlib.config import ModelConfig
     from sftlib.errors import SftlibError
+    from sftlib.models import modeling
 
     if importlib.util.find_spec("flash_attn") is not None:
         pytest.skip("flash-attn is installed here")

@@ -1,12 +1,12 @@
-"""Figures are built headless and saved as PNGs; HTML views (sftlib.views) escape text and carry one legend."""
+"""Figures are built headless and saved as PNGs; HTML views (sftlib.views.tokens) escape text and carry one legend."""
 
 import html
 
 import pytest
 from matplotlib.figure import Figure
 
-from sftlib import plots, views
 from sftlib.errors import SftlibError
+from sftlib.views import plots, tables, tokens
 
 LOG_HISTORY = [
     {"loss": 2.5, "step": 10, "epoch": 0.1},
@@ -79,30 +79,30 @@ def test_before_after_without_references_marks_nothing():
     fig = plots.before_after_table(unscored)
     texts = [cell.get_text().get_text() for cell in fig.axes[0].tables[0].get_celld().values()]
     assert "reference" not in texts and not any(t.startswith(("✓", "✗")) for t in texts)
-    assert "✓" not in views.before_after_html(unscored) and "reference" not in views.before_after_html(
+    assert "✓" not in tables.before_after_html(unscored) and "reference" not in tables.before_after_html(
         unscored
     )
 
 
 def test_before_after_html_escapes_text():
-    out = views.before_after_html(ROWS)
+    out = tables.before_after_html(ROWS)
     assert "&lt;b&gt;5 Mar 2021&lt;/b&gt;" in out and "<b>" not in out
     assert "Sure! &amp; more" in out
     assert out.count("✓") == 2 and out.count("✗") == 2
 
 
 def test_token_html_shows_special_tokens_whitespace_and_a_legend():
-    tokens = [("<|im_start|>", 0), ("user", 0), ("\n", 0), ("a<b", 0), (" 2021", 1), ("<|im_end|>", 1)]
-    out = views.legend_html() + views.tokens_html(tokens)
+    states = [("<|im_start|>", 0), ("user", 0), ("\n", 0), ("a<b", 0), (" 2021", 1), ("<|im_end|>", 1)]
+    out = tokens.legend_html() + tokens.tokens_html(states)
     assert "&lt;|im_end|&gt;" in out and "<|im_end|>" not in out
     assert "a&lt;b" in out
     assert "·2021" in out
     assert "↵<br>" in out
     assert out.count("Legend") == 1
-    for label, colour in views.TOKEN_STATES.values():
+    for label, colour in tokens.TOKEN_STATES.values():
         assert html.escape(label) in out and colour in out
 
 
 def test_token_view_html_refuses_unknown_states():
     with pytest.raises(SftlibError, match=r"states \[7\]"):
-        views.tokens_html([("x", 7)])
+        tokens.tokens_html([("x", 7)])

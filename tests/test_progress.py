@@ -2,7 +2,8 @@
 
 import re
 
-from sftlib import pipeline, progress
+from sftlib import progress
+from sftlib.suite import pipeline
 
 
 def test_a_line_for_the_first_item_each_tenth_and_the_end(capsys):

@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from sftlib import generate, merge, modeling
 from sftlib.config import load_config
-from sftlib.layout import ADAPTER_DIRNAME
-from sftlib.train import train
+from sftlib.inference import generate, loading
+from sftlib.models import modeling
+from sftlib.outputs import merge
+from sftlib.outputs.layout import ADAPTER_DIRNAME
+from sftlib.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [[{"role": "user", "content": "Write this date as YYYY-MM-DD: 5 Mar 2021"}]]
@@ -92,13 +94,13 @@ def test_the_merged_model_and_the_4bit_base_with_adapter_both_generate(qlora_run
     from peft import PeftModel
 
     cfg, _ = qlora_run
-    merged_cfg, _ = generate.tuned_model(cfg)
-    model, tokenizer = generate.load_for_generation(merged_cfg)
+    merged_cfg, _ = loading.tuned_model(cfg)
+    model, tokenizer = loading.load_for_generation(merged_cfg)
     answers = generate.generate(model, tokenizer, PROMPTS, max_new_tokens=6, progress=False)
     assert len(answers) == 1 and isinstance(answers[0], str)
 
     # The NF4 base with the adapter kept unmerged, in eval mode: bitsandbytes' inference kernels.
-    quantized, tokenizer = generate.load_for_generation(*generate.tuned_model(cfg, use_adapter=True))
+    quantized, tokenizer = loading.load_for_generation(*loading.tuned_model(cfg, use_adapter=True))
     assert isinstance(quantized, PeftModel)
     new = generate.generate(quantized, tokenizer, PROMPTS, max_new_tokens=6, progress=False)
     assert len(new) == 1 and isinstance(new[0], str)

@@ -15,7 +15,7 @@ import pytest
 import vocabularies
 from test_chat_templates import CONVERSATIONS, TEMPLATES, chat, check_against_trl, ours_by_turn
 
-from sftlib import audit, masking, reports
+from sftlib.data import audit, masking, reports
 
 BOUNDARIES = {
     "whitespace_at_the_edges": chat("u  Capital of France? ", "a   Paris.  ", "u And Italy?", "a Rome. "),

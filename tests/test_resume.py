@@ -19,8 +19,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from sftlib import artifacts, checkpoints, cli, guards
+from sftlib import cli
 from sftlib.errors import SftlibError
+from sftlib.outputs import staging
+from sftlib.training import checkpoints, guards
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -141,7 +143,7 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_weights_of_an_uninterrup
     assert complete_steps(out) == [6, 4, 2]  # the cut-short checkpoint-4 was rewritten whole
 
     # safetensors only among the final artifacts (checkpoints hold the Trainer's optimizer/RNG state)
-    pickles = [p for p in out.rglob("*") if p.suffix in artifacts.PICKLES and "checkpoint-" not in str(p)]
+    pickles = [p for p in out.rglob("*") if p.suffix in staging.PICKLES and "checkpoint-" not in str(p)]
     assert not pickles
 
 
@@ -360,7 +362,7 @@ def test_a_failed_write_leaves_the_target_as_it_was_and_no_staging_folder(tmp_pa
         raise OSError(errno.ENOSPC, "No space left on device", str(folder / "model.safetensors"))
 
     with pytest.raises(OSError):
-        artifacts.write_atomically(target, half_then_disk_full)
+        staging.write_atomically(target, half_then_disk_full)
     assert (target / "model.safetensors").read_text() == "old"
     assert sorted(p.name for p in target.iterdir()) == ["model.safetensors"]
 
@@ -370,11 +372,11 @@ def test_saved_weights_are_reloaded_and_a_difference_is_an_error(tmp_path):
 
     weights = {"a.weight": torch.ones(3, 2), "b.weight": torch.zeros(4)}
     save_file(weights, tmp_path / "model.safetensors")
-    assert artifacts.verify_safetensors(tmp_path, weights) == 2
+    assert staging.verify_safetensors(tmp_path, weights) == 2
     with pytest.raises(SftlibError, match="tensor b.weight .* differs from the trained weights"):
-        artifacts.verify_safetensors(tmp_path, {**weights, "b.weight": torch.ones(4)})
+        staging.verify_safetensors(tmp_path, {**weights, "b.weight": torch.ones(4)})
     with pytest.raises(SftlibError, match="holds no model.safetensors"):
-        artifacts.verify_safetensors(tmp_path / "empty", weights)
+        staging.verify_safetensors(tmp_path / "empty", weights)
     (tmp_path / "model.safetensors").write_bytes(b"\x00" * 10)  # truncated on disk
     with pytest.raises(SftlibError, match="cannot be read back"):
-        artifacts.verify_safetensors(tmp_path, weights)
+        staging.verify_safetensors(tmp_path, weights)

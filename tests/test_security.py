@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sftlib import embedded, merge, modeling
 from sftlib.config import ModelConfig, load_config
 from sftlib.errors import SftlibError
+from sftlib.models import embedded, modeling
+from sftlib.outputs import merge
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted((ROOT / "sftlib").glob("*.py"))
@@ -92,14 +93,14 @@ def test_no_module_uses_an_unsafe_yaml_loader_or_unpickles():
 
 
 def test_the_config_yaml_loader_is_a_safe_loader_that_reads_scientific_floats():
-    from sftlib.config_values import Loader, parse_yaml
+    from sftlib.config.values import Loader, parse_yaml
 
     assert issubclass(Loader, yaml.SafeLoader)
     assert parse_yaml("lr: 1e-4\nsteps: 3\nname: 1e4x") == {"lr": 1e-4, "steps": 3, "name": "1e4x"}
 
 
 def test_resolved_config_is_plain_yaml(tmp_path):
-    from sftlib.config import write_resolved
+    from sftlib.outputs.saving import write_resolved
 
     path = write_resolved(tiny_config(tmp_path), tmp_path)
     assert "!!" not in path.read_text()

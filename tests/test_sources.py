@@ -1,4 +1,4 @@
-"""Loading, format detection and normalization (sftlib.sources), on the committed fixtures."""
+"""Loading, format detection and normalization (sftlib.data.sources), on the committed fixtures."""
 
 import logging
 import shutil
@@ -7,8 +7,8 @@ from pathlib import Path
 import datasets
 import pytest
 
-from sftlib import formats, sources
 from sftlib.config import DatasetConfig
+from sftlib.data import formats, sources
 from sftlib.errors import SftlibError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
@@ -206,8 +206,8 @@ def test_normalize_conversational_prompt_completion_keeps_message_lists():
 
 
 def test_detection_is_logged_once_by_prepare(caplog, tokenizer):
-    from sftlib import dataset
     from sftlib.config import ModelConfig, RunConfig
+    from sftlib.data import dataset
 
     cfg = RunConfig(
         model=ModelConfig(path="embedded:tiny-random-llama"),

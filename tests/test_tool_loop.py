@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from sftlib import date_task, demo, masking, tool_lesson, tool_loop
 from sftlib.config import load_config
-from sftlib.tool_loop import Transcript
+from sftlib.data import masking
+from sftlib.errors import BadToolCall
+from sftlib.inference import tool_loop
+from sftlib.inference.tool_loop import Transcript
+from sftlib.lessons import date_task, demo, tool_task
 
 ROOT = Path(__file__).resolve().parents[1]
 CALL = {"type": "function", "function": {"name": "weekday", "arguments": {"date": "2021-03-05"}}}
@@ -32,22 +35,22 @@ def test_parse_tool_calls_reads_the_qwen2_5_format_and_names_what_is_malformed()
         ('<tool_call>{"name": "weekday", "arguments": [1]}</tool_call>', "not a mapping"),
         ('<tool_call>{"name": "weekday", "arguments": {"date": "2021-03-0', "not JSON"),  # cut off
     ]:
-        with pytest.raises(tool_loop.BadCall, match=says):
+        with pytest.raises(BadToolCall, match=says):
             tool_loop.parse_tool_calls(bad)
 
 
 def test_run_call_refuses_unknown_tools_and_wrong_argument_names_and_reports_bad_values():
-    assert tool_loop.run_call(CALL, tool_lesson.TOOLS) == "Friday"
-    with pytest.raises(tool_loop.BadCall, match="unknown tool 'calendar'"):
-        tool_loop.run_call({"function": {"name": "calendar", "arguments": {}}}, tool_lesson.TOOLS)
-    with pytest.raises(tool_loop.BadCall, match="weekday: missing a required argument: 'date'"):
-        tool_loop.run_call({"function": {"name": "weekday", "arguments": {"day": "x"}}}, tool_lesson.TOOLS)
-    with pytest.raises(tool_loop.BadCall, match="unexpected keyword argument 'year'"):
+    assert tool_loop.run_call(CALL, tool_task.TOOLS) == "Friday"
+    with pytest.raises(BadToolCall, match="unknown tool 'calendar'"):
+        tool_loop.run_call({"function": {"name": "calendar", "arguments": {}}}, tool_task.TOOLS)
+    with pytest.raises(BadToolCall, match="weekday: missing a required argument: 'date'"):
+        tool_loop.run_call({"function": {"name": "weekday", "arguments": {"day": "x"}}}, tool_task.TOOLS)
+    with pytest.raises(BadToolCall, match="unexpected keyword argument 'year'"):
         tool_loop.run_call(
-            {"function": {"name": "weekday", "arguments": {"date": "x", "year": 1}}}, tool_lesson.TOOLS
+            {"function": {"name": "weekday", "arguments": {"date": "x", "year": 1}}}, tool_task.TOOLS
         )
     bad_value = {"function": {"name": "weekday", "arguments": {"date": "5 March"}}}
-    assert tool_loop.run_call(bad_value, tool_lesson.TOOLS).startswith("error: '5 March' is not a date")
+    assert tool_loop.run_call(bad_value, tool_task.TOOLS).startswith("error: '5 March' is not a date")
 
 
 def test_score_counts_exact_calls_answers_and_tool_free_answers():
@@ -72,18 +75,18 @@ def test_score_counts_exact_calls_answers_and_tool_free_answers():
     }
     assert good.shown() == 'weekday({"date": "2021-03-05"}) -> Friday -> Friday'
     assert malformed.shown() == "malformed call: not JSON" and plain.shown() == "(no call) 2021-03-05"
-    assert tool_loop.expected(CALL, "Friday", tool_lesson.TOOLS).shown() == good.shown()
+    assert tool_loop.expected(CALL, "Friday", tool_task.TOOLS).shown() == good.shown()
 
 
 def test_committed_tool_lesson_files_are_what_the_generator_writes(tmp_path):
-    paths = demo.write_demo_dataset(tmp_path, n_train=tool_lesson.N_TRAIN, lesson="tools")
+    paths = demo.write_demo_dataset(tmp_path, n_train=tool_task.N_TRAIN, lesson="tools")
     for split in ("train", "test"):
         committed = Path(demo.LESSONS["tools"].data) / f"{split}.jsonl"
         assert paths[split].read_bytes() == (ROOT / committed).read_bytes(), f"{committed} is stale"
 
 
 def test_tool_lesson_rows_call_the_tool_on_held_out_dates_and_a_quarter_need_none():
-    train, test = tool_lesson.build_tool_rows(40, 12)
+    train, test = tool_task.build_tool_rows(40, 12)
     for row in train + test:
         roles = [m["role"] for m in row["messages"]]
         if roles == ["system", "user", "assistant"]:
@@ -94,7 +97,7 @@ def test_tool_lesson_rows_call_the_tool_on_held_out_dates_and_a_quarter_need_non
         assert (
             row["messages"][3]["content"]
             == row["messages"][4]["content"]
-            == tool_lesson.weekday(call["function"]["arguments"]["date"])
+            == tool_task.weekday(call["function"]["arguments"]["date"])
         )
     assert sum(len(r["messages"]) == 3 for r in test) == 3
     dates = [json.dumps(r["messages"][2].get("tool_calls") or r["messages"][2]["content"]) for r in train]
@@ -104,7 +107,8 @@ def test_tool_lesson_rows_call_the_tool_on_held_out_dates_and_a_quarter_need_non
 
 
 def test_the_tool_lesson_trains_the_call_and_the_answer_not_the_schema_or_the_result(tmp_path):
-    from sftlib import dataset, modeling
+    from sftlib.data import dataset
+    from sftlib.models import modeling
 
     cfg = load_config(
         ROOT / "configs/tool_lesson.yaml",
@@ -121,7 +125,7 @@ def test_the_tool_lesson_trains_the_call_and_the_answer_not_the_schema_or_the_re
     untrained = tokenizer.decode(
         [i for i, label in zip(row["input_ids"], row["labels"], strict=True) if label == -100]
     )
-    assert "<tools>" in untrained and "<tool_response>" in untrained and tool_lesson.SYSTEM in untrained
+    assert "<tools>" in untrained and "<tool_response>" in untrained and tool_task.SYSTEM in untrained
 
 
 def test_the_demo_report_shows_the_tool_loop_scores(tmp_path):

@@ -14,8 +14,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from sftlib import tracking
 from sftlib.config import load_config
+from sftlib.training import tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 3
@@ -112,7 +112,7 @@ def test_sftlib_train_logs_three_steps_of_loss_to_a_local_trackio_store(tmp_path
     assert losses == logged_losses(tmp_path / "model") and sorted(losses) == [1, 2, 3]
     # the hint names the store, the project and the run; trackio reads $TRACKIO_DIR when imported
     hint = subprocess.run(
-        [sys.executable, "-c", "import sys; from sftlib import tracking; print(tracking.dashboard_hint(sys.argv[1], sys.argv[2:]))",
+        [sys.executable, "-c", "import sys; from sftlib.training import tracking; print(tracking.dashboard_hint(sys.argv[1], sys.argv[2:]))",
          "configs/tiny.yaml", *overrides],
         cwd=ROOT, env=offline_env(tmp_path), capture_output=True, text=True,
     )  # fmt: skip

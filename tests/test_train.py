@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sftlib import merge
 from sftlib.config import load_config
 from sftlib.errors import SftlibError
-from sftlib.train import train
+from sftlib.outputs import merge
+from sftlib.training.train import train
 from tests.conftest import write_chat_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def test_lora_run_writes_adapter_merged_model_and_tokenizer_and_every_artifact_r
 
 
 def _base_dir(cfg):
-    from sftlib import modeling
+    from sftlib.models import modeling
 
     return modeling.resolve_path(cfg.model)
 
@@ -164,7 +164,7 @@ def test_cli_lora_run_on_the_real_smollm2_writes_adapter_merged_model_and_tokeni
 def test_the_configured_chat_template_is_saved_with_the_tokenizer(tmp_path):
     from transformers import AutoTokenizer
 
-    from sftlib.modeling import chat_template_text
+    from sftlib.models.modeling import chat_template_text
 
     cfg = tiny_cfg(tmp_path, "model.chat_template=qwen2_5", "training.max_steps=1")
     train(cfg)
@@ -214,7 +214,8 @@ def test_merge_false_leaves_the_adapter_and_sftlib_merge_merges_it_later(tmp_pat
 def test_an_unexpected_error_is_one_line_and_its_traceback_is_kept_in_output_dir(
     tmp_path, capsys, monkeypatch
 ):
-    from sftlib import cli, trainer
+    from sftlib import cli
+    from sftlib.training import trainer
 
     def shape_error(*args, **kwargs):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (8x64 and 32x64)")

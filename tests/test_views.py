@@ -3,8 +3,10 @@
 import datasets
 import pytest
 
-from sftlib import dataset, notebook, views
 from sftlib.config import DatasetConfig, ModelConfig, RunConfig
+from sftlib.data import dataset
+from sftlib.suite import notebook
+from sftlib.views import browser, report, tables, tokens
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +26,8 @@ def prepared(tokenizer, tmp_path_factory):
 
 
 def test_masking_view_colours_each_token_state_under_one_legend(prepared, tokenizer):
-    page = views.masking_view_html(prepared.train, tokenizer, 5)
-    for label, colour in views.TOKEN_STATES.values():
+    page = tokens.masking_view_html(prepared.train, tokenizer, 5)
+    for label, colour in tokens.TOKEN_STATES.values():
         assert label in page and colour in page
     assert page.count("Legend") == 1
     assert "↵<br>" in page and "&lt;|im_end|&gt;" in page
@@ -34,30 +36,30 @@ def test_masking_view_colours_each_token_state_under_one_legend(prepared, tokeni
 
 
 def test_turn_by_turn_shows_the_first_multi_turn_conversation(prepared, tokenizer):
-    page = views.turn_by_turn_html(prepared.train, tokenizer)
+    page = tokens.turn_by_turn_html(prepared.train, tokenizer)
     assert "row 1:" in page and "row 0:" not in page
 
 
 def test_standalone_page_is_styled_and_tables_are_left_aligned():
-    page = notebook.page(views.table_html([{"a": "<x>", "b": 1}]), "T & t")
+    page = notebook.page(tables.table_html([{"a": "<x>", "b": 1}]), "T & t")
     assert page.startswith("<!doctype html>") and "<style>" in page and "<title>T &amp; t</title>" in page
-    assert "&lt;x&gt;" in page and "text-align:left" in views.table_html([{"a": 1}])
+    assert "&lt;x&gt;" in page and "text-align:left" in tables.table_html([{"a": 1}])
 
 
 def test_drop_and_gate_rows_read_the_report(prepared):
-    rows = views.drop_rows(prepared.report)
+    rows = tables.drop_rows(prepared.report)
     assert {"split": "train", "outcome": "kept", "count": 2, "meaning": "trained on, as 2 examples"} in rows
     cfg = RunConfig(ModelConfig(path="x"), DatasetConfig(name="y", max_dropped_fraction=0.25))
-    (gate,) = views.gate_rows(prepared, cfg)
+    (gate,) = tables.gate_rows(prepared, cfg)
     assert gate["dropped"] == "0.0% (gate: 25%)" and gate["rows"] == 2
 
 
 def test_example_browser_is_a_live_widget_whose_buttons_and_slider_change_the_example(prepared, tokenizer):
-    browser = views.example_browser(prepared.train, tokenizer)
+    widget = browser.example_browser(prepared.train, tokenizer)
     (previous, following), slider, view = (
-        browser.children[0].children,
-        browser.children[1],
-        browser.children[2],
+        widget.children[0].children,
+        widget.children[1],
+        widget.children[2],
     )
     assert slider.layout.width == "100%" and slider.max == len(prepared.train) - 1
     first = view.value
@@ -70,8 +72,8 @@ def test_example_browser_is_a_live_widget_whose_buttons_and_slider_change_the_ex
 
 
 def test_browse_is_static_under_the_pipeline(prepared, tokenizer, monkeypatch):
-    monkeypatch.setenv(notebook.HEADLESS_ENV, "1")
-    assert "Legend" in views.browse(prepared.train, tokenizer, 1).data
+    monkeypatch.setenv(browser.HEADLESS_ENV, "1")
+    assert "Legend" in browser.browse(prepared.train, tokenizer, 1).data
 
 
 WEEKDAY = {"type": "function", "function": {"name": "weekday", "parameters": {"type": "object"}}}
@@ -115,7 +117,7 @@ def agentic(tmp_path_factory):
     """The agentic rows prepared under Qwen3's template (which renders tools and reasoning)."""
     import json
 
-    from sftlib import modeling
+    from sftlib.models import modeling
 
     path = tmp_path_factory.mktemp("agentic") / "rows.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in agentic_rows()))
@@ -131,17 +133,17 @@ def test_rows_carrying_tools_tool_calls_tool_results_and_reasoning_are_counted(a
     counts = {"tools": 3, "tool_calls": 3, "tool_results": 3, "reasoning": 2}
     assert ready.report["train"]["rows_with"] == counts
     assert prepared.report["train"]["rows_with"] == dict.fromkeys(counts, 0)
-    report = views.format_report(ready, cfg, tokenizer)
-    assert "train rows with tools: 3, tool calls: 3, tool results: 3, reasoning: 2" in report
-    (row,) = views.split_rows(ready.report)
+    text = report.format_report(ready, cfg, tokenizer)
+    assert "train rows with tools: 3, tool calls: 3, tool results: 3, reasoning: 2" in text
+    (row,) = tables.split_rows(ready.report)
     assert row["with tool calls"] == 3 and row["with reasoning"] == 2 and row["rows"] == 6
 
 
 def test_views_show_tool_schemas_calls_results_and_reasoning_apart_and_escaped(agentic):
     cfg, tokenizer, ready = agentic
-    source = dataset.source_rows(cfg)
+    source = dataset.row_lookup(cfg)
     first = {row["index"]: row for row in ready.train}
-    tool_view = views.example_html(first[0], tokenizer, source)
+    tool_view = tokens.example_html(first[0], tokenizer, source)
     assert '<details class="part tools"' in tool_view and "weekday" in tool_view  # collapsed schemas
     assert (
         'class="part tool_call"' in tool_view
@@ -151,14 +153,14 @@ def test_views_show_tool_schemas_calls_results_and_reasoning_apart_and_escaped(a
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in tool_view and "<script>" not in tool_view
     assert "Monday <b>" not in tool_view
     assert 'class="part reasoning"' not in tool_view
-    reasoning_view = views.example_html(first[3], tokenizer, source)
+    reasoning_view = tokens.example_html(first[3], tokenizer, source)
     assert 'class="part reasoning"' in reasoning_view and "0 plus one" in reasoning_view
     assert "tool_call" not in reasoning_view and "tool_result" not in reasoning_view
     # The tokens are coloured as without the messages, and the page has both legends.
     assert (
-        views.tokens_html(views.token_states(first[0]["input_ids"], first[0]["labels"], tokenizer))
+        tokens.tokens_html(tokens.token_states(first[0]["input_ids"], first[0]["labels"], tokenizer))
         in tool_view
     )
-    page = views.masking_view_html(ready.train, tokenizer, 6, source)
+    page = tokens.masking_view_html(ready.train, tokenizer, 6, source)
     assert page.count("Legend") == 1 and page.count("Messages:") == 1 and page.count("<table") == 6
-    assert views.masking_view_html(ready.train, tokenizer, 1).count("<table") == 0  # no source: tokens only
+    assert tokens.masking_view_html(ready.train, tokenizer, 1).count("<table") == 0  # no source: tokens only

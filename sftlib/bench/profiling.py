@@ -4,7 +4,7 @@ Each profiled operator's own time (not its children's) goes into one category:
 
 - matmul: aten::mm / addmm / bmm and friends, forward and backward (outside the LM head);
 - attention: the scaled-dot-product kernels, forward and backward, and everything under
-  `sftlib::attention` (sftlib.attention's per-example attention);
+  `sftlib::attention` (sftlib.models.attention's per-example attention);
 - LM head + loss (TRL): everything under TRL's fused LM head, forward and backward, and every op on
   the vocabulary dimension (the gradient of a tied embedding);
 - dtype casts: copies and casts (autocast's per-op weight casts show here);
@@ -35,7 +35,7 @@ CATEGORIES = (
 )
 MATMUL = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::baddbmm", "aten::_mkl_linear"}
 # Batched matmuls and softmax: in these decoder models only attention uses them (linear layers run aten::mm),
-# so the backward of sftlib.attention's matmul form, which runs outside its profiler range, counts here.
+# so the backward of sftlib.models.attention's matmul form, which runs outside its profiler range, counts here.
 ATTENTION = {"aten::bmm", "aten::_softmax", "aten::_softmax_backward_data"}
 CASTS = {"aten::to", "aten::_to_copy", "aten::copy_", "aten::clone", "aten::contiguous"}
 # TRL 1.16 offers no public hook around its fused LM head (add_fused_lm_head): its autograd function

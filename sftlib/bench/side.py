@@ -3,7 +3,7 @@
 - baseline: a plain `trl.SFTTrainer` with TRL's defaults (bf16 autocast, activation checkpointing on),
   the checkpoint's dtype, and the config's batch size, accumulation, max_length, learning rate and
   seed; no packing, each micro-batch padded to its longest example.
-- sftlib: exactly what `sftlib train` builds for the config (`sftlib.trainer.build_trainer`).
+- sftlib: exactly what `sftlib train` builds for the config (`sftlib.training.trainer.build_trainer`).
 
 Both sides draw the same examples in the same order. The first `warmup` optimizer steps (default: the
 steps sftlib times its pass_tokens candidates on, 7) are not timed, on either side. Token counts are
@@ -51,9 +51,11 @@ class Counter:
         self.batches: list[tuple[list[int], int]] = []
 
     def __call__(self, examples):
+        from sftlib.data import IGNORE_INDEX
+
         batch = self.collate(examples)
         labels = batch["labels"]
-        trained = int((labels[:, 1:] != -100).sum())
+        trained = int((labels[:, 1:] != IGNORE_INDEX).sum())
         self.batches.append(([len(e["input_ids"]) for e in examples], trained))
         return batch
 
@@ -89,7 +91,7 @@ def step_timer(warmup: int, total: int):
 
 def default_warmup() -> int:
     """Untimed steps on both sides: sftlib times its pass_tokens candidates on its first steps."""
-    from sftlib.pass_tuner import MAX_CANDIDATES, PassTuner
+    from sftlib.training.fast_path.pass_tuner import MAX_CANDIDATES, PassTuner
 
     return PassTuner.tuning_steps(MAX_CANDIDATES)
 
@@ -100,8 +102,9 @@ def baseline_trainer(cfg, tokenizer, train, run: dict[str, Any]):
 
     from trl import SFTTrainer
 
-    from sftlib import modeling, sft_args
     from sftlib.bench.machine import training_device
+    from sftlib.models import modeling
+    from sftlib.training import sft_args
 
     t = cfg.training
     model_cfg = dataclasses.replace(cfg.model, dtype=None)
@@ -134,9 +137,10 @@ def run_side(
 ) -> dict[str, Any]:
     """Train `warmup + steps` optimizer steps on one side; measure the last `steps`. With `profile_steps`,
     that many more steps run under torch.profiler (not timed) and `profile` holds their breakdown."""
-    from sftlib import dataset, modeling
     from sftlib.config import load_config
-    from sftlib.trainer import build_trainer
+    from sftlib.data import dataset
+    from sftlib.models import modeling
+    from sftlib.training.trainer import build_trainer
 
     warmup = default_warmup() if warmup is None else warmup
     phase("loading the data, the model and the trainer")
@@ -194,7 +198,7 @@ def run_side(
         "activation_mb_per_1k_tokens": (
             plan["bytes_per_token"] * 1024 / 2**20 if plan and plan["bytes_per_token"] is not None else None
         ),
-        "fast_path": plan,
+        "plan": plan,
         "warmup_steps": warmup,
         "examples": len(lengths),
         "real_tokens": sum(lengths),

@@ -83,7 +83,7 @@ report() {  # report NAME OUTPUT_DIR: print the run's numbers from run_info.json
 import json, sys
 name, path = sys.argv[1], sys.argv[2]
 info = json.load(open(path))
-plan = info.get("fast_path") or {}
+plan = info.get("plan") or info.get("fast_path") or {}
 print(f"{name}: {info['global_step']} steps, world size {info['world_size']} ({info['distributed_type']}), "
       f"{info.get('tokens_per_second')} tokens/s, peak {info.get('peak_memory_mb')} MB "
       f"({info.get('peak_memory_kind')}), final loss {info['final_loss']:.4f}, train {info['train_runtime_s']} s, "
