@@ -573,6 +573,10 @@ def test_truncation_keeps_the_start_counts_truncated_and_drops_fully_cut_example
     (full,), _ = masking.tokenize_example(norm[row["index"]], tokenizer)
     assert row["input_ids"] == full.input_ids[:30] and row["labels"] == full.labels[:30]
     assert row["untruncated_tokens"] == len(full.input_ids)
+    lost = sum(label != -100 for label in full.labels[30:])  # the trained tokens past max_seq_length
+    assert lost and (report["truncated_trained"], report["trained_tokens_truncated"]) == (1, lost)
+    (said,) = [line for line in reports.warnings("train", report) if "cut trained tokens from" in line]
+    assert f"from 1 example(s) ({lost} trained tokens" in said and "model.max_seq_length" in said
 
 
 def test_truncation_drops_are_guarded_by_max_dropped_fraction(tokenizer):
@@ -603,7 +607,7 @@ def test_second_prepare_hits_the_cache_and_tokenizes_nothing(tokenizer, tmp_path
 
 @pytest.mark.parametrize(
     "change",
-    ["code", "chat_template", "stop_tokens", "train_on", "template_kwargs"],
+    ["code", "a library's release", "chat_template", "stop_tokens", "train_on", "template_kwargs"],
 )
 def test_a_change_to_anything_labels_depend_on_misses_the_cache(
     change, tokenizer, tmp_path, monkeypatch, caplog
@@ -620,6 +624,10 @@ def test_a_change_to_anything_labels_depend_on_misses_the_cache(
     cfg, tok, stop_ids = config(str(path)), tokenizer, None
     if change == "code":
         monkeypatch.setattr(label_cache, "code_version", lambda: "edited")
+    elif change == "a library's release":
+        versions = label_cache.library_versions()
+        monkeypatch.setattr(label_cache, "library_versions", lambda: {**versions, "tokenizers": "0.0.1"})
+        label_cache.code_version.cache_clear()
     elif change == "chat_template":
         tok = with_template(
             tokenizer, tokenizer.chat_template.replace("<|im_start|>", "<|im_start|>", 1) + " "
@@ -631,6 +639,8 @@ def test_a_change_to_anything_labels_depend_on_misses_the_cache(
     else:
         cfg = config(str(path), chat_template_kwargs={"enable_thinking": False})
     dataset.prepare(cfg, tok, stop_ids=stop_ids)
+    if change == "a library's release":
+        label_cache.code_version.cache_clear()  # the next test keys by the installed releases again
     assert len(calls) == 3
 
 
@@ -769,3 +779,11 @@ def test_a_large_split_is_masked_on_every_core_with_the_labels_of_one_process(
     }
     sharded = {name: sorted((tmp_path / f"cache_{name}").rglob("*_of_00002.arrow")) for name in prepared}
     assert sharded["two"] and not sharded["one"]  # the masks were made by two processes, then by one
+
+
+def test_no_token_starting_at_the_generation_point_is_a_counted_audit_drop_not_a_crash(tokenizer):
+    from sftlib.data.rendering import Turn
+
+    turn = Turn(message=1, text="abcdef", start=2, answer="cdef")  # tokens start at 0 and 3: none at 2
+    with pytest.raises(DropExample, match="audit_failed: no token starts where turn 1's generation starts"):
+        masking.label_spans([5, 6], [(0, 3), (3, 6)], turn.text, [turn], tokenizer, [6])

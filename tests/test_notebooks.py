@@ -389,3 +389,21 @@ def test_missing_html_templates_name_the_fix(tmp_path, monkeypatch):
     with pytest.raises(SftlibError, match="HTML templates.*JUPYTER_PATH"):
         notebook.export_to_html(path)
     assert not path.with_suffix(".html").exists()
+
+
+def test_a_pipeline_trains_into_out_model_unless_the_overrides_name_the_output_dir():
+    assert pipeline.run_overrides("runs/x", ["training.max_steps=3"]) == [
+        "training.output_dir=runs/x/model",
+        "training.max_steps=3",
+    ]
+    assert pipeline.run_overrides("runs/x", [" training.output_dir = mine"]) == [
+        " training.output_dir = mine"
+    ]
+
+
+def test_resume_or_overwrite_without_the_training_notebook_is_refused(tmp_path):
+    with pytest.raises(SftlibError, match="--resume applies to the notebook that trains"):
+        pipeline.run_pipeline(ROOT / "configs/tiny.yaml", tmp_path / "run", only=["01"], resume=True)
+    with pytest.raises(SftlibError, match="are both given"):
+        pipeline.run_pipeline(ROOT / "configs/tiny.yaml", tmp_path / "run", resume=True, overwrite=True)
+    assert not (tmp_path / "run").exists()

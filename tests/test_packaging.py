@@ -276,5 +276,8 @@ def test_the_installed_wheel_runs_the_demo_help_and_a_pipeline_from_another_fold
     summary = json.loads((tmp_path / "runs/suite/summary.json").read_text())
     assert list(summary["notebooks"]) == ["01_explore_dataset", "03_train"]
     assert summary["notebooks"]["01_explore_dataset"]["results"]["report"]["train"]["rows"] == 16
-    info = json.loads((tmp_path / "runs/model/run_info.json").read_text())  # output_dir relative to here
+    info = json.loads(
+        (tmp_path / "runs/suite/model/run_info.json").read_text()
+    )  # OUT/model, relative to here
     assert info["global_step"] == 2 and summary["world_size"] == 1
+    assert not (tmp_path / "runs/model").exists()  # the config's own output_dir gives way to --out

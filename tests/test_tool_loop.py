@@ -50,7 +50,14 @@ def test_run_call_refuses_unknown_tools_and_wrong_argument_names_and_reports_bad
             {"function": {"name": "weekday", "arguments": {"date": "x", "year": 1}}}, tool_task.TOOLS
         )
     bad_value = {"function": {"name": "weekday", "arguments": {"date": "5 March"}}}
-    assert tool_loop.run_call(bad_value, tool_task.TOOLS).startswith("error: '5 March' is not a date")
+    assert tool_loop.run_call(bad_value, tool_task.TOOLS).startswith(
+        "error: ValueError: '5 March' is not a date"
+    )
+
+    def broken(date: str) -> str:
+        raise KeyError(date)  # not a ValueError: a user's tool may raise anything
+
+    assert tool_loop.run_call(CALL, {"weekday": broken}) == "error: KeyError: '2021-03-05'"
 
 
 def test_score_counts_exact_calls_answers_and_tool_free_answers():
@@ -70,9 +77,13 @@ def test_score_counts_exact_calls_answers_and_tool_free_answers():
         "call_exact": 1 / 3,
         "answer_exact": 1 / 3,
         "no_tool_correct": 0.5,
+        "no_tool_answer_exact": 0.5,
         "tool_prompts": 3,
         "no_tool_prompts": 2,
     }
+    silent_wrong = Transcript(first="I don't know", answer="I don't know")  # no call, and a wrong answer
+    s = tool_loop.score([plain, silent_wrong], [None, None], ["2021-03-05", "2021-03-05"])
+    assert (s["no_tool_correct"], s["no_tool_answer_exact"]) == (1.0, 0.5)
     assert good.shown() == 'weekday({"date": "2021-03-05"}) -> Friday -> Friday'
     assert malformed.shown() == "malformed call: not JSON" and plain.shown() == "(no call) 2021-03-05"
     assert tool_loop.expected(CALL, "Friday", tool_task.TOOLS).shown() == good.shown()
@@ -100,10 +111,13 @@ def test_tool_lesson_rows_call_the_tool_on_held_out_dates_and_a_quarter_need_non
             == tool_task.weekday(call["function"]["arguments"]["date"])
         )
     assert sum(len(r["messages"]) == 3 for r in test) == 3
-    dates = [json.dumps(r["messages"][2].get("tool_calls") or r["messages"][2]["content"]) for r in train]
-    assert not {
-        json.dumps(r["messages"][2].get("tool_calls") or r["messages"][2]["content"]) for r in test
-    } & set(dates)
+
+    def date_of(row: dict) -> str:  # the date a row is about: its call's argument, or its ISO answer
+        calls = row["messages"][2].get("tool_calls")
+        return calls[0]["function"]["arguments"]["date"] if calls else row["messages"][2]["content"]
+
+    assert all(len(date_of(r)) == len("2021-03-05") for r in train + test)
+    assert not {date_of(r) for r in test} & {date_of(r) for r in train}  # held-out dates never trained
 
 
 def test_the_tool_lesson_trains_the_call_and_the_answer_not_the_schema_or_the_result(tmp_path):
@@ -129,10 +143,16 @@ def test_the_tool_lesson_trains_the_call_and_the_answer_not_the_schema_or_the_re
 
 
 def test_the_demo_report_shows_the_tool_loop_scores(tmp_path):
-    score = {"call_exact": 0.0, "answer_exact": 0.0, "no_tool_correct": 1.0}
-    tuned = {"call_exact": 0.9375, "answer_exact": 0.9375, "no_tool_correct": 1.0}
+    score = {"call_exact": 0.0, "answer_exact": 0.0, "no_tool_correct": 1.0, "no_tool_answer_exact": 0.0}
+    tuned = {
+        "call_exact": 0.9375,
+        "answer_exact": 0.9375,
+        "no_tool_correct": 1.0,
+        "no_tool_answer_exact": 0.875,
+    }
     report = demo.demo_report({"base": score, "tuned": tuned, "eval_examples": 64}, tmp_path, tmp_path / "m")
     assert "tool loop on 64 held-out prompts, base -> tuned: exact call 0.0% -> 93.8%" in report
+    assert "(answered exactly: 0.0% -> 87.5%)" in report
 
 
 @pytest.mark.slow
@@ -154,4 +174,24 @@ def test_the_tool_lesson_teaches_the_call_and_the_answer_on_held_out_dates(tmp_p
     assert (tuned["tool_prompts"], tuned["no_tool_prompts"]) == (48, 16)
     assert tuned["call_exact"] >= base["call_exact"] + 0.80, (base, tuned)
     assert tuned["answer_exact"] >= 0.80 and tuned["no_tool_correct"] >= 0.90, tuned
+    assert tuned["no_tool_answer_exact"] >= 0.75 > base["no_tool_answer_exact"], (base, tuned)
     assert "tool loop on 64 held-out prompts, base -> tuned" in proc.stdout
+
+
+def test_held_out_tool_cases_are_read_as_training_reads_them_and_take_turns_between_sources(tmp_path):
+    """A mixture of two sources: the cases alternate between them (the first does not fill the limit),
+    and each case's prompt, tools and call are those of its row as masking reads it."""
+    from sftlib.lessons.demo import write_jsonl
+
+    train, test = tool_task.build_tool_rows(24, 16, 0)
+    for name, rows in (("a", test[:8]), ("b", test[8:])):
+        write_jsonl(train, tmp_path / name / "train.jsonl")
+        write_jsonl(rows, tmp_path / name / "test.jsonl")
+    sources = [f"{{name: {tmp_path / n}, eval_split: test}}" for n in ("a", "b")]
+    cfg = load_config(ROOT / "configs/tool_lesson.yaml", [f"dataset=[{', '.join(sources)}]"])
+    cases = tool_loop.held_out_cases(cfg, limit=4)
+    with_tools = [r for r in test if r.get("tools")]
+    a, b = [r for r in with_tools if r in test[:8]], [r for r in with_tools if r in test[8:]]
+    expected = [a[0], b[0], a[1], b[1]]
+    assert [p[-1]["content"] for p in cases.prompts] == [r["messages"][1]["content"] for r in expected]
+    assert all(c["tools"] == r["tools"] for c, r in zip(cases.contexts, expected, strict=True))

@@ -4,8 +4,9 @@ datasets fingerprints a `Dataset.map` by its function's name and its arguments (
 its chat template, the stop tokens, `train_on`, the template arguments), not by the code the function
 calls. So `code_version()`, a hash of the modules that `sftlib.data.dataset` imports, directly or through
 other sftlib modules, in any sub-package and at any depth (found by reading their imports, not from a
-list kept by hand), with the `__init__.py` of every package they sit in, is passed to every map of the
-data path: an edit to any of them computes the labels anew.
+list kept by hand), with the `__init__.py` of every package they sit in, and of the releases of the
+libraries that render and tokenize (transformers, tokenizers, jinja2, TRL), is passed to every map of the
+data path: an edit to any of them, or an upgrade of one of those libraries, computes the labels anew.
 """
 
 from __future__ import annotations
@@ -13,10 +14,15 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import json
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as installed
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1]  # the folder of `sftlib`
 ENTRY = "sftlib.data.dataset"  # prepare: rows in, labels out
+# The libraries whose code decides the labels too: the template renderer, the tokenizer, TRL's labels.
+KEYED_LIBRARIES = ("transformers", "tokenizers", "jinja2", "trl")
 
 
 def module_file(name: str, root: Path = PACKAGE) -> Path | None:
@@ -69,7 +75,19 @@ def version(root: Path = PACKAGE, entry: str = ENTRY) -> str:
     return digest.hexdigest()[:16]
 
 
+def library_versions() -> dict[str, str | None]:
+    """The installed release of each of KEYED_LIBRARIES (None where one is not installed)."""
+    out = {}
+    for name in KEYED_LIBRARIES:
+        try:
+            out[name] = installed(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 @functools.cache
 def code_version() -> str:
-    """`version()` of the installed package, computed once per process."""
-    return version()
+    """The installed package's `version()` and the KEYED_LIBRARIES' releases, hashed; once per process."""
+    keyed = json.dumps([version(), library_versions()], sort_keys=True)
+    return hashlib.sha256(keyed.encode()).hexdigest()[:16]

@@ -213,6 +213,11 @@ def label_spans(ids, offsets, text: str, turns: list[Turn], tokenizer, stop_ids,
         first = {}
         for k, (a, _) in enumerate(offsets):
             first.setdefault(a, k)
+        missing = [t for t in turns if t.start not in first]
+        if missing:  # a token spans the point where the model's generation starts: no boundary to train from
+            raise DropExample(
+                "audit_failed", f"no token starts where turn {missing[0].message}'s generation starts"
+            )
         starts = [first[t.start] for t in turns]
     labels, spans, appended = [IGNORE_INDEX] * len(ids), [], False
     for turn, k in zip(turns, starts, strict=True):

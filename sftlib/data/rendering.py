@@ -180,10 +180,12 @@ def check_rendered(
 
 
 def _shown(value, text: str) -> bool:
-    """Whether a scalar `value` appears in `text` as written or as JSON (a template's `tojson` escapes
-    quotes in a string); containers are checked through their parts by the caller, not here."""
-    if isinstance(value, (dict, list)):
-        return True
+    """Whether `value` appears in `text`: a scalar as written or as JSON (a template's `tojson` escapes
+    quotes in a string); a mapping or a list leaf by leaf, keys included, at any depth."""
+    if isinstance(value, dict):
+        return all(_shown(k, text) and _shown(v, text) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_shown(v, text) for v in value)
     if not isinstance(value, str):
         return json.dumps(value) in text or str(value) in text
     return any(

@@ -27,6 +27,8 @@ def split_report(tokenized: Dataset) -> dict:
             "drop_detail",
             "num_tokens",
             "untruncated_tokens",
+            "num_trained_tokens",
+            "untruncated_trained_tokens",
             "truncated",
             "expansion",
             "appended_eos",
@@ -50,6 +52,14 @@ def split_report(tokenized: Dataset) -> dict:
         if is_kept and why:
             expanded.setdefault(why, {}).setdefault(index, []).append(n)
     tokens = [n for n, k in zip(cols["num_tokens"], kept, strict=True) if k]
+    # kept examples whose trained tokens max_seq_length cut: their later turns are not trained
+    cut = [
+        full - left
+        for left, full, k in zip(
+            cols["num_trained_tokens"], cols["untruncated_trained_tokens"], kept, strict=True
+        )
+        if k and left < full
+    ]
     seen = {}  # per source row: trimmed counts are repeated on each of its records
     for index, lead, trail in zip(
         cols["index"], cols["leading_trimmed"], cols["trailing_trimmed"], strict=True
@@ -63,6 +73,8 @@ def split_report(tokenized: Dataset) -> dict:
         "dropped": dict(dropped.most_common()),
         "drop_first": first,
         "truncated": sum(t for t, k in zip(cols["truncated"], kept, strict=True) if k),
+        "truncated_trained": len(cut),
+        "trained_tokens_truncated": sum(cut),
         "trailing_user_turns_trimmed": sum(1 for _, t in seen.values() if t),
         "leading_assistant_turns_trimmed": sum(1 for lead, _ in seen.values() if lead),
         "expanded_conversations": sum(e["conversations"] for e in by_reason.values()),
@@ -101,7 +113,8 @@ def _with_pct(e: dict) -> dict:
 
 
 ADDED = (
-    "rows", "kept", "examples", "truncated", "trailing_user_turns_trimmed", "leading_assistant_turns_trimmed",
+    "rows", "kept", "examples", "truncated", "truncated_trained", "trained_tokens_truncated",
+    "trailing_user_turns_trimmed", "leading_assistant_turns_trimmed",
     "expanded_conversations", "expanded_examples", "appended_eos", "boundary_merged", "tokens", "trained_tokens",
 )  # fmt: skip
 
@@ -145,6 +158,12 @@ def warnings(split: str, rep: dict) -> list[str]:
         lines.append(
             f"{split}: {e['conversations']} conversations expanded into {e['examples']} examples, one per "
             f"assistant turn, because {masking.EXPANSIONS[why]}; +{e['extra_tokens_pct']}% tokens"
+        )
+    if rep.get("truncated_trained"):
+        lines.append(
+            f"{split}: max_seq_length cut trained tokens from {rep['truncated_trained']} example(s) "
+            f"({rep['trained_tokens_truncated']} trained tokens, their later turns, are not trained); raise "
+            "model.max_seq_length to train them"
         )
     if rep["appended_eos"]:
         lines.append(

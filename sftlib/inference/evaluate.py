@@ -93,7 +93,8 @@ def score_lines(scores: dict) -> list[str]:
         if "call_exact" in s:
             lines.append(
                 f"{name:>5}: exact call {s['call_exact']:6.1%}   final answer {s['answer_exact']:6.1%}   "
-                f"no call where none is needed {s['no_tool_correct']:6.1%}   "
+                f"no call where none is needed {s['no_tool_correct']:6.1%} "
+                f"(answered exactly {s['no_tool_answer_exact']:6.1%})   "
                 f"(n={s['tool_prompts']} + {s['no_tool_prompts']})"
             )
         else:

@@ -40,7 +40,9 @@ def parse_tool_calls(text: str) -> list[dict]:
 
 
 def run_call(call: dict, tools: dict[str, Callable]) -> str:
-    """Run one parsed call; BadToolCall for an unknown tool or arguments the tool does not take."""
+    """Run one parsed call; BadToolCall for an unknown tool or arguments the tool does not take. Whatever
+    the tool itself raises becomes its result, `error: Type: message`, as a tool-calling runtime tells
+    the model: the loop goes on, for every prompt."""
     name, arguments = call["function"]["name"], call["function"]["arguments"]
     if name not in tools:
         raise BadToolCall(f"unknown tool {name!r} (tools: {', '.join(tools)})")
@@ -50,8 +52,8 @@ def run_call(call: dict, tools: dict[str, Callable]) -> str:
         raise BadToolCall(f"{name}: {exc}") from None
     try:
         return str(tools[name](**arguments))
-    except (ValueError, TypeError) as exc:  # the model's argument values: the tool's own error is the result
-        return f"error: {exc}"
+    except Exception as exc:  # a user's tool may raise anything; the error is its result
+        return f"error: {type(exc).__name__}: {exc}"
 
 
 @dataclasses.dataclass
@@ -136,9 +138,10 @@ def score(
 ) -> dict:
     """Fractions over the prompts that need a tool (`call_exact`: the one expected call, name and
     arguments exactly, after parsing; `answer_exact`: the final answer) and over those that need none
-    (`no_tool_correct`: answered without a call)."""
+    (`no_tool_correct`: answered without a call; `no_tool_answer_exact`: without a call, and exactly
+    the expected answer: a model that never calls a tool scores the first, not the second)."""
     tool = [(t, c, a) for t, c, a in zip(transcripts, expected_calls, expected_answers, strict=True) if c]
-    plain = [t for t, c in zip(transcripts, expected_calls, strict=True) if not c]
+    plain = [(t, a) for t, c, a in zip(transcripts, expected_calls, expected_answers, strict=True) if not c]
 
     def exact_call(t: Transcript, call: dict) -> bool:
         return (
@@ -154,7 +157,10 @@ def score(
     return {
         "call_exact": sum(exact_call(t, c) for t, c, _ in tool) / len(tool) if tool else None,
         "answer_exact": sum(t.answer == a for t, _, a in tool) / len(tool) if tool else None,
-        "no_tool_correct": sum(not t.called for t in plain) / len(plain) if plain else None,
+        "no_tool_correct": sum(not t.called for t, _ in plain) / len(plain) if plain else None,
+        "no_tool_answer_exact": sum(not t.called and t.answer == a for t, a in plain) / len(plain)
+        if plain
+        else None,
         "tool_prompts": len(tool),
         "no_tool_prompts": len(plain),
     }

@@ -153,7 +153,8 @@ def demo_report(summary: dict, out: Path, model_dir: Path) -> str:
             f"tool loop on {summary['eval_examples']} held-out prompts, base -> tuned: exact call "
             f"{base['call_exact']:.1%} -> {tuned['call_exact']:.1%}, final answer {base['answer_exact']:.1%} -> "
             f"{tuned['answer_exact']:.1%}, no call where none is needed {base['no_tool_correct']:.1%} -> "
-            f"{tuned['no_tool_correct']:.1%}"
+            f"{tuned['no_tool_correct']:.1%} (answered exactly: {base.get('no_tool_answer_exact', 0):.1%} -> "
+            f"{tuned.get('no_tool_answer_exact', 0):.1%})"
         )
     else:
         lines.append(
