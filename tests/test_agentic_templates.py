@@ -552,7 +552,9 @@ def test_nested_tool_call_arguments_are_checked_leaf_by_leaf():
     """A template that writes a call's arguments only in part (say, the outer keys but not a nested
     list) has not rendered the call: each key and value is looked for, at every depth."""
     arguments = {"filter": {"city": "Paris", "days": [3, 14]}, "unit": "C"}
-    whole = '{"name": "get_weather", "arguments": {"filter": {"city": "Paris", "days": [3, 14]}, "unit": "C"}}'
+    whole = (
+        '{"name": "get_weather", "arguments": {"filter": {"city": "Paris", "days": [3, 14]}, "unit": "C"}}'
+    )
     assert rendering._shown(arguments, whole)
     assert not rendering._shown(arguments, whole.replace("[3, 14]", "[3]"))  # one leaf left out
     assert not rendering._shown(arguments, whole.replace('"city": "Paris", ', ""))  # one nested key left out
