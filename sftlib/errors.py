@@ -46,7 +46,12 @@ DROP_REASONS = {
     "empty_completion": "the completion is empty, or has no assistant turn",
     "empty_conversation": "no messages",
     "empty_assistant_turn": "an assistant turn is empty or whitespace and calls no tool",
-    "non_string_content": "a prompt, completion, text or message content is not a string (null, number, list)",
+    "non_string_content": "a prompt, completion, text or message content is neither a string nor a list of text "
+    "parts (null, a number, a part without its text)",
+    "non_text_part": "a message holds a content part that is not text (an image, audio): sftlib trains text-only models",
+    "bad_train_flag": "a message's `weight` is not 0 or 1, its `train` not true or false, or a prompt message is "
+    "marked to train",
+    "all_turns_held_back": "the data marks every assistant turn not to train (weight 0, train false)",
     "unknown_role": "a role other than system/user/assistant/tool/ipython/function (ShareGPT: system/human/gpt/"
     "function_call/observation)",
     "bad_tool_call": "a tool call without a function name, or with arguments that are not a JSON object",

@@ -7,7 +7,7 @@ import torch
 
 from sftlib.config import DatasetConfig, ModelConfig, RunConfig
 from sftlib.errors import SftlibError
-from sftlib.inference.generate import generate
+from sftlib.inference.generate import Generation, generate, generations
 from sftlib.inference.loading import load_for_generation
 from sftlib.inference.prompts import prompts_for
 from sftlib.inference.scoring import score, token_f1
@@ -85,6 +85,17 @@ def test_generate_stops_at_the_end_of_turn_token():
     out = generate(model, tokenizer, PROMPTS[:2], max_new_tokens=8, progress=False)
     assert out == ["", ""]  # the special token is stripped from the answer
     assert len(calls) == 1  # one decoding step, not eight
+    kept = generations(model, tokenizer, PROMPTS[:1], max_new_tokens=8, progress=False)
+    assert kept == [Generation(text="", raw="<|im_end|>", cut_off=False)]  # the parsers' view keeps it
+
+
+def test_a_generation_that_hits_max_new_tokens_says_it_was_cut_off():
+    model, tokenizer = load_for_generation(ModelConfig(path=TINY))
+    _force_token(model, tokenizer.convert_tokens_to_ids("A"))
+    assert (
+        generations(model, tokenizer, PROMPTS[:2], max_new_tokens=3, progress=False)
+        == [Generation(text="AAA", raw="AAA", cut_off=True)] * 2
+    )
 
 
 def test_adapter_is_merged_into_the_base_with_the_same_outputs(tmp_path):

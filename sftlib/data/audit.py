@@ -1,15 +1,24 @@
-"""The mask audit: an independent check of where each example's trained tokens sit.
+"""The mask audit: a check of where each example's trained tokens sit, in two parts.
 
 `check` re-derives, for every trained run, what the masking rule promises (sftlib.data.masking): the
 tokens before it are the turn's prompt tokenized alone, it ends with its first stop token, it
-decodes to what the template renders there, and it holds the turn's answer. A row it can't accept
-is a counted drop (`audit_failed`), never the end of a run: only a share of such rows above
-dataset.max_dropped_fraction stops it, as a masking bug to report.
+decodes to what the template renders there, and it holds the turn's answer. It reads the turns as
+masking rendered them. `check_independently` shares none of that: it renders each trained turn's
+prompt again through the tokenizer's own `apply_chat_template`, tokenizes it with the tokenizer's own
+call, and finds where generation starts by itself, so a bug in masking's rendering, offsets or
+tokenizing (a start off by one character) fails it. It runs on every row of a split up to
+INDEPENDENT_ROWS rows, and on a seeded sample of that many rows of a larger one (`selected`).
+
+A row either part can't accept is a counted drop (`audit_failed`), never the end of a run: only a
+share of such rows above dataset.max_dropped_fraction stops it, as a masking bug to report.
 """
 
 from __future__ import annotations
 
-from sftlib.data import conversations
+import os
+import zlib
+
+from sftlib.data import conversations, rendering
 from sftlib.data.masking import Tokens, generation_turn, trained_runs
 from sftlib.data.rendering import template_context
 from sftlib.errors import DropExample
@@ -88,3 +97,53 @@ def _as_tokenized(tokenizer, text: str) -> str:
     """`text` as the tokenizer reads it: encoded and decoded (its normalizer applied)."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+# Rows of a split re-rendered by `check_independently`: all of them up to this many, else a seeded
+# sample of about this many (two renders and one tokenization per trained turn: cheap, not free).
+INDEPENDENT_ROWS = 2000
+
+
+def selected(index: int, rows: int, seed: int) -> bool:
+    """Whether row `index` of a split of `rows` rows gets the independent audit: every row of a small
+    split; of a large one, a sample fixed by `seed` (the same rows on every run, so cached labels hold)."""
+    if rows <= INDEPENDENT_ROWS:
+        return True
+    return zlib.crc32(f"{seed}:{index}".encode()) < INDEPENDENT_ROWS / rows * 2**32
+
+
+def check_independently(tokens: Tokens, example: dict, tokenizer, template_kwargs=None) -> None:
+    """Each trained run of a conversation against the template and the tokenizer alone: the tokens
+    before it are the turn's prompt as `tokenizer.apply_chat_template` renders it, up to where the
+    answered turn's rendering first differs from it, tokenized by `tokenizer(...)`; and the run's text
+    is what the answered rendering holds from there. DropExample("audit_failed") otherwise."""
+    if not conversations.is_chat(example):
+        return
+    ids = tokens.input_ids
+    messages = rendering.as_template_reads(tokenizer, conversations.conversation(example).messages)
+    context = {
+        "tools": example.get("tools") or None,
+        **(template_kwargs or {}),
+        **(example.get("chat_template_kwargs") or {}),
+    }
+    for (a, b), i in zip(trained_runs(tokens.labels), tokens.turns, strict=False):
+        prompt = tokenizer.apply_chat_template(
+            messages[:i], tokenize=False, add_generation_prompt=True, **context
+        )
+        answered = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False, **context)
+        start = len(os.path.commonprefix([prompt, answered]))
+        if list(ids[:a]) != tokenizer(answered[:start], add_special_tokens=False)["input_ids"]:
+            raise DropExample(
+                "audit_failed",
+                f"example {example.get('index', '?')}: turn {i}: the tokens before the trained run are not "
+                "the prompt as apply_chat_template renders it, tokenized alone (independent audit)",
+            )
+        body = tokenizer.decode(ids[a : b - 1], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        if not any(
+            t.startswith(body) for t in (answered[start:], _as_tokenized(tokenizer, answered[start:]))
+        ):
+            raise DropExample(
+                "audit_failed",
+                f"example {example.get('index', '?')}: turn {i}: the trained run {body!r} is not what "
+                "apply_chat_template renders where generation starts (independent audit)",
+            )

@@ -22,6 +22,33 @@ ROLES = ("system", "user", TRAINED_ROLE, *TOOL_ROLES)
 REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
 
 
+# OpenAI's chat-completions shape may write `content` as a list of parts; these carry text.
+TEXT_PART_TYPES = ("text", "input_text", "output_text")
+# What a template joins text parts with when it reads only strings: as vLLM serves such templates.
+PART_SEPARATOR = "\n"
+# Per-message flags that say whether an assistant turn is trained (axolotl, LLaMA-Factory): weight 0/1,
+# train false/true.
+TRAIN_FLAGS = ("weight", "train")
+
+
+def part_texts(content: str | list) -> list[str]:
+    """The texts of a content: the string itself, or each text part's text."""
+    if isinstance(content, str):
+        return [content]
+    return [p["text"] for p in content if p.get("type") in TEXT_PART_TYPES]
+
+
+def final_text(content: str | list | None) -> str:
+    """The text a content ends with (its last text part): what holds a turn's answer."""
+    texts = part_texts(content or "")
+    return texts[-1] if texts else ""
+
+
+def content_text(content: str | list) -> str:
+    """A content as one string: a string as it is, text parts joined as a string-only template gets them."""
+    return PART_SEPARATOR.join(part_texts(content))
+
+
 def answer(text: str) -> str:
     """What is scored: the text after a reasoning block (`<think>...</think>`), stripped. A reasoning
     model's thoughts are not its answer; exact match and F1 compare answers."""

@@ -46,6 +46,8 @@ TOKENIZED = Features(
         "drop_reason": Value("string"),
         "drop_detail": Value("string"),
         "carries": List(Value("string")),  # which of conversations.CARRIED the source row holds
+        "held_back": Value("int64"),  # the row's assistant turns its data marks not to train
+        "audited": Value("bool"),  # the row had the independent audit (audit.check_independently)
     }
 )
 BOOKKEEPING = (
@@ -57,6 +59,8 @@ BOOKKEEPING = (
     "drop_reason",
     "drop_detail",
     "carries",
+    "held_back",
+    "audited",
 )
 
 
@@ -146,6 +150,8 @@ def _mask_split(norm, src, cfg, tokenizer, stop_ids, where: str) -> tuple[Datase
             "template_kwargs": src.chat_template_kwargs,
             "max_length": cfg.model.max_seq_length,
             "code_version": label_cache.code_version(),
+            "audit_rows": len(norm),
+            "seed": cfg.seed,
         },
         remove_columns=norm.column_names,
         features=TOKENIZED,
@@ -192,9 +198,12 @@ def _prepare_rows(
     max_length: int,
     code_version: str,
     template_kwargs: dict | None = None,
+    audit_rows: int = 0,
+    seed: int = 0,
 ) -> dict:
     """Mask, audit and truncate a batch of rows. A conversation may become several examples; a dropped row
-    becomes one record holding its reason (so drops survive caching)."""
+    becomes one record holding its reason (so drops survive caching). `audit_rows` and `seed` choose
+    the rows the independent audit re-renders (audit.selected)."""
     out = {name: [] for name in TOKENIZED}
     rows = [{k: v[r] for k, v in batch.items()} for r in range(len(batch["index"]))]
     # Render every row, then tokenize all their texts in one call (the fast tokenizer uses every core).
@@ -203,8 +212,17 @@ def _prepare_rows(
         tokenizer, [t for r in rendered if isinstance(r, Rendering) for t in r.texts()]
     )
     for example, staged in zip(rows, rendered, strict=True):
+        independent = audit.selected(example["index"], audit_rows, seed)
         for record in _prepare_row(
-            example, tokenizer, stop_ids, train_on, max_length, template_kwargs, staged, encodings
+            example,
+            tokenizer,
+            stop_ids,
+            train_on,
+            max_length,
+            template_kwargs,
+            staged,
+            encodings,
+            independent,
         ):
             for name in TOKENIZED:
                 out[name].append(record[name])
@@ -228,12 +246,15 @@ def _prepare_row(
     template_kwargs: dict | None = None,
     rendered=None,
     encodings=None,
+    independent: bool = True,
 ) -> list[dict]:
     base = {
         "index": example["index"],
         "leading_trimmed": 0,
         "trailing_trimmed": 0,
         "carries": conversations.carried(example),
+        "held_back": 0,
+        "audited": independent,
     }
     try:
         if isinstance(rendered, DropExample):
@@ -243,10 +264,16 @@ def _prepare_row(
         )
         for tokens in examples:
             audit.check(tokens, example, tokenizer, stop_ids, template_kwargs)
+            if independent:
+                audit.check_independently(tokens, example, tokenizer, template_kwargs)
     except DropExample as drop:
         return [_dropped(base, drop.reason, drop.detail)]
     if conversation is not None:
-        base.update(leading_trimmed=conversation.leading, trailing_trimmed=conversation.trailing)
+        base.update(
+            leading_trimmed=conversation.leading,
+            trailing_trimmed=conversation.trailing,
+            held_back=len(conversation.held_back),
+        )
     records = []
     for tokens in examples:
         ids, labels = tokens.input_ids[:max_length], tokens.labels[:max_length]  # keep the start, as TRL

@@ -60,6 +60,9 @@ def render_chat(
     `stops`: the stop tokens' texts. Raises DropExample.
     """
     conversation = conversations.conversation(example)
+    conversation = dataclasses.replace(
+        conversation, messages=as_template_reads(tokenizer, conversation.messages)
+    )
     messages, turns = conversation.messages, trained_turns(conversation, train_on)
     context = template_context(example, template_kwargs)
     rendered = [render_turn(messages, i, tokenizer, context, stops) for i in turns]
@@ -85,28 +88,85 @@ def template_context(example: dict, template_kwargs: dict | None = None) -> dict
 
 
 def trained_turns(conversation: conversations.Conversation, train_on: str) -> list[int]:
+    """The assistant turns `train_on` selects, less those the data holds back (weight 0, train false).
+    None left: the row is dropped (`all_turns_held_back`)."""
     turns = [
         i
         for i, m in enumerate(conversation.messages)
         if m["role"] == chat.TRAINED_ROLE and i >= conversation.first_trainable
     ]
     if train_on == "last_assistant":
-        return turns[-1:]
-    if train_on != "all_assistant":
+        turns = turns[-1:]
+    elif train_on != "all_assistant":
         raise SftlibError(f"dataset.train_on={train_on!r} is not one of all_assistant, last_assistant.")
-    return turns
+    kept = [i for i in turns if i not in conversation.held_back]
+    if not kept:
+        raise DropExample("all_turns_held_back", f"assistant turn {turns[-1]} is marked not to train")
+    return kept
 
 
 def render(
     tokenizer, messages: list[dict], generation_prompt: bool = False, context: dict | None = None
 ) -> str:
-    """The chat template's text; a template that raises on this row drops it (`template_error`)."""
+    """The chat template's text; a template that raises on this row drops it (`template_error`). Text
+    parts are passed as the template reads them (`as_template_reads`)."""
+    messages = as_template_reads(tokenizer, messages)
     try:
         return tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=generation_prompt, **(context or {})
         )
     except Exception as exc:  # jinja's TemplateError, raise_exception(...), a missing key: the row's shape
         raise DropExample("template_error", f"{type(exc).__name__}: {exc}") from None
+
+
+PART_PROBE = "sftlib part probe"
+_READS_PARTS: dict[tuple[str, str], bool] = {}
+
+
+def reads_parts(tokenizer, role: str) -> bool:
+    """Whether the chat template renders a `role` message's list of text parts as its text (it iterates
+    them, as Qwen3.5 and Gemma do), rather than printing the list, dropping it or raising (templates
+    that expect a string). Found by rendering a probe, once per template and role."""
+    key = (tokenizer.chat_template, role)
+    if key not in _READS_PARTS:
+        parts = [{"type": "text", "text": PART_PROBE}]
+        call = {"id": "sftprobe1", "type": "function", "function": {"name": "probe", "arguments": {}}}
+        before = {
+            "system": [],
+            "user": [],
+            "assistant": [{"role": "user", "content": "u"}],
+            "tool": [
+                {"role": "user", "content": "u"},
+                {"role": "assistant", "content": "", "tool_calls": [call]},
+            ],
+        }.get(role, [{"role": "user", "content": "u"}])
+        after = [] if role == "assistant" else [{"role": "assistant", "content": "a"}]
+        if role == "system":
+            after = [{"role": "user", "content": "u"}, *after]
+        messages = [*before, {"role": role, "content": parts, "tool_call_id": "sftprobe1"}, *after]
+        tools = [
+            {"type": "function", "function": {"name": "probe", "description": "A probe.", "parameters": {}}}
+        ]
+        try:
+            text = tokenizer.apply_chat_template(messages, tokenize=False, tools=tools)
+        except Exception:  # the template refuses a list: it reads strings
+            text = ""
+        _READS_PARTS[key] = PART_PROBE in text and "'type'" not in text and '"type": "text"' not in text
+    return _READS_PARTS[key]
+
+
+def as_template_reads(tokenizer, messages: list[dict]) -> list[dict]:
+    """`messages` with each list of text parts as the template reads it: kept where the template
+    iterates parts, joined into one string (chat.PART_SEPARATOR, as vLLM serves such templates) where
+    it expects a string."""
+    if not any(isinstance(m.get("content"), list) for m in messages):
+        return messages
+    return [
+        {**m, "content": chat.content_text(m["content"])}
+        if isinstance(m.get("content"), list) and not reads_parts(tokenizer, m["role"])
+        else m
+        for m in messages
+    ]
 
 
 def render_turn(
@@ -116,7 +176,7 @@ def render_turn(
     `stops`: the stop tokens' texts, for the check that every field of the turn is generated."""
     prompt = render(tokenizer, messages[:i], True, context)
     answered = render(tokenizer, messages[: i + 1], False, context)
-    answer = chat.answer(messages[i].get("content") or "")
+    answer = chat.answer(chat.final_text(messages[i].get("content")))
     if answered.startswith(prompt):
         start = len(prompt)
     else:
@@ -151,7 +211,8 @@ def check_rendered(
     found = chat.reasoning(message)
     if found and found[1].strip() not in generated:
         missing.append(f"{found[0]} of assistant turn {turn.message}")
-    if turn.answer and turn.answer not in generated:
+    pieces = [turn.answer, *(p.strip() for p in chat.part_texts(message.get("content") or "")[:-1])]
+    if any(p and p not in generated for p in pieces):
         missing.append(f"the content of assistant turn {turn.message}")
     calls = message.get("tool_calls") or []
     for call in calls:
@@ -163,7 +224,9 @@ def check_rendered(
             missing.append(f"tool call {name!r} of assistant turn {turn.message}")
             break
     for k, m in enumerate(messages[: turn.message]):
-        if m["role"] in chat.TOOL_ROLES and not _shown((m.get("content") or "").strip(), prompt):
+        if m["role"] in chat.TOOL_ROLES and not all(
+            _shown(p.strip(), prompt) for p in chat.part_texts(m.get("content") or "")
+        ):
             missing.append(f"the {m['role']} result in message {k}")
             break
     tools = (context or {}).get("tools")

@@ -36,6 +36,8 @@ def split_report(tokenized: Dataset) -> dict:
             "leading_trimmed",
             "trailing_trimmed",
             "carries",
+            "held_back",
+            "audited",
         ]
     ).to_dict()
     carries = dict(zip(cols["index"], cols["carries"], strict=True))  # the same on each record of a row
@@ -60,11 +62,16 @@ def split_report(tokenized: Dataset) -> dict:
         )
         if k and left < full
     ]
-    seen = {}  # per source row: trimmed counts are repeated on each of its records
-    for index, lead, trail in zip(
-        cols["index"], cols["leading_trimmed"], cols["trailing_trimmed"], strict=True
+    seen, held_back, audited = {}, {}, {}  # per source row: repeated on each of its records
+    for index, lead, trail, held, checked in zip(
+        cols["index"],
+        cols["leading_trimmed"],
+        cols["trailing_trimmed"],
+        cols["held_back"],
+        cols["audited"],
+        strict=True,
     ):
-        seen[index] = (lead, trail)
+        seen[index], held_back[index], audited[index] = (lead, trail), held, checked
     by_reason = {why: _expansion(rows) for why, rows in expanded.items()}
     return {
         "rows": len(seen),
@@ -77,6 +84,8 @@ def split_report(tokenized: Dataset) -> dict:
         "trained_tokens_truncated": sum(cut),
         "trailing_user_turns_trimmed": sum(1 for _, t in seen.values() if t),
         "leading_assistant_turns_trimmed": sum(1 for lead, _ in seen.values() if lead),
+        "turns_held_back": sum(held_back.values()),
+        "independently_audited": sum(audited.values()),
         "expanded_conversations": sum(e["conversations"] for e in by_reason.values()),
         "expanded_examples": sum(e["examples"] for e in by_reason.values()),
         "expansion_extra_tokens_pct": _expansion(
@@ -114,7 +123,7 @@ def _with_pct(e: dict) -> dict:
 
 ADDED = (
     "rows", "kept", "examples", "truncated", "truncated_trained", "trained_tokens_truncated",
-    "trailing_user_turns_trimmed", "leading_assistant_turns_trimmed",
+    "trailing_user_turns_trimmed", "leading_assistant_turns_trimmed", "turns_held_back", "independently_audited",
     "expanded_conversations", "expanded_examples", "appended_eos", "boundary_merged", "tokens", "trained_tokens",
 )  # fmt: skip
 
@@ -218,6 +227,10 @@ def summary_line(rep: dict) -> str:
     )
     if rep["expanded_conversations"]:
         line += f"; expanded: {rep['expanded_conversations']} conversations"
+    if rep.get("turns_held_back"):
+        line += f"; held back by the data: {rep['turns_held_back']} assistant turns"
+    if "independently_audited" in rep:
+        line += f"; re-rendered by the independent audit: {rep['independently_audited']} rows"
     return line
 
 

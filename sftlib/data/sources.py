@@ -218,9 +218,9 @@ def _with_index(ds: Dataset) -> Dataset:
 def normalize(ds: Dataset, fmt: str, num_proc: int | None = None) -> Dataset:
     """Reshape `ds` (in format `fmt`) to canonical columns plus `index` (see the module docstring).
 
-    Messages keep every key but those Arrow filled with null (`chat.drop_none`); a content or role
-    that is not a string becomes None, which tokenization reports as `non_string_content` /
-    `unknown_role`.
+    Messages keep every key but those Arrow filled with null (`chat.drop_none`); a content that is
+    neither a string nor a list of content parts, or a role that is not a string, becomes None, which
+    tokenization reports as `non_string_content` / `unknown_role`.
     """
     formats.check_columns(ds, fmt)
     if "index" not in ds.column_names:  # a Dataset built by hand rather than by load_raw
@@ -301,18 +301,23 @@ def sharegpt_to_messages(turns: Any) -> list[dict]:
     for turn in turns if isinstance(turns, list) else []:
         turn = turn if isinstance(turn, dict) else {}
         source = turn.get("from", turn.get("role"))
-        value = _str_or_none(turn.get("value", turn.get("content")))
+        value = _content(turn.get("value", turn.get("content")))
         if source == FUNCTION_CALL:
             try:
-                calls = json.loads(value) if value is not None else None
+                calls = json.loads(value) if isinstance(value, str) else value
             except json.JSONDecodeError:
                 calls = value
             calls = calls if isinstance(calls, list) else [calls]
-            out.append({"role": "assistant", "content": "", "tool_calls": calls})
+            out.append({"role": "assistant", "content": "", "tool_calls": calls, **_flags(turn)})
             continue
         role = SHAREGPT_ROLES.get(source, source) if isinstance(source, str) else None
-        out.append({"role": role, "content": value})
+        out.append({"role": role, "content": value, **_flags(turn)})
     return out
+
+
+def _flags(turn: dict) -> dict:
+    """The turn's training flags (chat.TRAIN_FLAGS), as written: conversations checks them."""
+    return {k: turn[k] for k in chat.TRAIN_FLAGS if turn.get(k) is not None}
 
 
 def _messages(turns: Any) -> list[dict]:
@@ -322,12 +327,20 @@ def _messages(turns: Any) -> list[dict]:
         message = {
             **turn,
             "role": _str_or_none(turn.get("role")),
-            "content": _str_or_none(turn.get("content")),
+            "content": _content(turn.get("content")),
         }
         if message["content"] is None and "content" not in turn and turn.get("tool_calls"):
             message["content"] = ""  # an OpenAI tool-call turn may leave content out
         out.append(message)
     return out
+
+
+def _content(value: Any) -> str | list | None:
+    """A message's content: a string, or a list of content parts (OpenAI's shape; conversations
+    checks each part); anything else None (`non_string_content`)."""
+    if isinstance(value, list) and all(isinstance(p, dict) for p in value):
+        return [chat.drop_none(p) for p in value]
+    return _str_or_none(value)
 
 
 def _str_or_none(value: Any) -> str | None:

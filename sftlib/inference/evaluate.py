@@ -2,8 +2,9 @@
 
 - `Plain`: the prompts `sftlib.inference.prompts.prompts_for` picks (held-out, your own, or a few seen in training),
   answered by one generation each, scored by exact match and token F1 (sftlib.inference.scoring).
-- `ToolLoop`: held-out tool chats run through the real tool loop (sftlib.inference.tool_loop), scored by the
-  call, the final answer, and the prompts that need no tool.
+- `ToolLoop`: held-out tool chats run through the real tool loop (sftlib.inference.tool_loop), its calls
+  read in the format the chat template writes (sftlib.inference.tool_formats), scored by the calls, the
+  final answer, and the prompts that need no tool.
 
 Each gives its `prompts` and their template `contexts`, `answer(model, tokenizer, ...)` for a model, `scores(base, tuned)`, and `rows(base, tuned)`
 for the before/after table and plot (views.before_after_html, plots.before_after_table): a loop's
@@ -16,11 +17,13 @@ import importlib
 from collections.abc import Callable
 
 from sftlib.errors import SftlibError
-from sftlib.inference import generate, scoring, tool_loop
+from sftlib.inference import generate, scoring, tool_formats, tool_loop
 from sftlib.inference.prompts import Prompts, prompts_for
 
 
 class Plain:
+    tool_format = None
+
     def __init__(self, asked: Prompts):
         self.asked, self.origin, self.prompts = asked, asked.origin, asked.prompts
         self.contexts = asked.contexts or [None] * len(asked.prompts)
@@ -52,38 +55,54 @@ class Plain:
 class ToolLoop:
     origin = "held-out"
 
-    def __init__(self, cases: tool_loop.Cases, tools: dict[str, Callable]):
+    def __init__(
+        self,
+        cases: tool_loop.Cases,
+        tools: dict[str, Callable],
+        fmt: tool_formats.ToolFormat,
+        max_rounds: int = 3,
+    ):
         self.cases, self.tools, self.prompts, self.contexts = cases, tools, cases.prompts, cases.contexts
+        self.fmt, self.tool_format, self.max_rounds = fmt, fmt.name, max_rounds
 
     def answer(
         self, model, tokenizer, max_new_tokens: int, batch_size: int, label: str = ""
     ) -> list[tool_loop.Transcript]:
         return tool_loop.run_loop(
-            model,
-            tokenizer,
             self.prompts,
             self.cases.contexts,
             self.tools,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
+            self.fmt,
+            tool_loop.model_generator(model, tokenizer, max_new_tokens, batch_size),
+            specials=tool_loop.special_tokens(tokenizer),
+            max_rounds=self.max_rounds,
             label=label,
         )
 
     def scores(self, base, tuned) -> dict:
         return {
-            name: tool_loop.score(t, self.cases.calls, self.cases.answers)
+            name: tool_loop.score(t, self.cases.rounds, self.cases.answers)
             for name, t in (("base", base), ("tuned", tuned))
         }
 
     def rows(self, base, tuned) -> list[dict]:
         expected = [
-            tool_loop.expected(c, a, self.tools)
-            for c, a in zip(self.cases.calls, self.cases.answers, strict=True)
+            tool_loop.expected(r, a, self.tools)
+            for r, a in zip(self.cases.rounds, self.cases.answers, strict=True)
         ]
         return [
             {"prompt": p, "reference": e.shown(), "base": b.shown(), "tuned": t.shown()}
             for p, e, b, t in zip(self.prompts, expected, base, tuned, strict=True)
         ]
+
+
+def describe(evaluation: Plain | ToolLoop) -> str:
+    """How many prompts, whence, the first; for the tool loop, the format its calls are read in."""
+    first = scoring.prompt_text(evaluation.prompts[0])
+    line = f"{len(evaluation.prompts)} prompts ({evaluation.origin}); first: {first!r}"
+    if evaluation.tool_format:
+        line += f"\ntool calls read in the {evaluation.tool_format} format, as the chat template writes them"
+    return line
 
 
 def score_lines(scores: dict) -> list[str]:
@@ -96,6 +115,11 @@ def score_lines(scores: dict) -> list[str]:
                 f"no call where none is needed {s['no_tool_correct']:6.1%} "
                 f"(answered exactly {s['no_tool_answer_exact']:6.1%})   "
                 f"(n={s['tool_prompts']} + {s['no_tool_prompts']})"
+                + "".join(
+                    f"   {s[k]} {k.replace('_', ' ')}"
+                    for k in ("malformed", "cut_off", "unfinished")
+                    if s.get(k)
+                )
             )
         else:
             lines.append(
@@ -120,13 +144,23 @@ def load_tools(spec: str) -> dict[str, Callable]:
 
 
 def for_notebook(
-    cfg, limit: int | None, prompts: list[str] | None = None, tools: str = ""
+    cfg, limit: int | None, prompts: list[str] | None = None, tools: str = "", max_rounds: int = 3
 ) -> Plain | ToolLoop:
-    """The evaluation notebook 05 runs: the tool loop when `tools` names the Python tools, else plain."""
+    """The evaluation notebook 05 runs: the tool loop when `tools` names the Python tools (its calls
+    read in the format the run's chat template writes, refused here when no parser reads it; up to
+    `max_rounds` rounds of calls per prompt), else plain."""
     if tools:
+        from sftlib.models import modeling
+
         if prompts:
             raise SftlibError(
                 "PROMPTS and TOOLS are both set.", "give your own prompts, or run the tool loop."
             )
-        return ToolLoop(tool_loop.held_out_cases(cfg, limit), load_tools(tools))
+        if max_rounds < 1:
+            raise SftlibError(f"MAX_TOOL_ROUNDS must be at least 1, got {max_rounds}.")
+        loaded = load_tools(tools)
+        fmt = tool_formats.for_template(
+            modeling.load_tokenizer(cfg.model), cfg.sources[0].chat_template_kwargs
+        )
+        return ToolLoop(tool_loop.held_out_cases(cfg, limit), loaded, fmt, max_rounds)
     return Plain(prompts_for(cfg, limit, prompts))

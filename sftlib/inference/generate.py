@@ -8,7 +8,20 @@ elsewhere; scoring is sftlib.inference.scoring.
 
 from __future__ import annotations
 
+import dataclasses
+
 from sftlib.errors import SftlibError
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    """One prompt's new text: `text` without special tokens (what plain scoring compares), `raw` with
+    them up to and including the stop token (what tool-call parsers read: Llama's `<|python_tag|>`,
+    gpt-oss's channels are special tokens), and whether it was cut off by `max_new_tokens`."""
+
+    text: str
+    raw: str
+    cut_off: bool
 
 
 def render_prompt(tokenizer, prompt: list[dict] | str, context: dict | None = None) -> str:
@@ -65,7 +78,25 @@ def generate(
     contexts: list[dict | None] | None = None,
     label: str = "",
 ) -> list[str]:
-    """Greedy answers for `prompts`, in order: only the new text, without special tokens.
+    """Greedy answers for `prompts`, in order: only the new text, without special tokens
+    (`generations` keeps them, and whether each answer was cut off)."""
+    return [
+        g.text
+        for g in generations(model, tokenizer, prompts, max_new_tokens, batch_size, progress, contexts, label)
+    ]
+
+
+def generations(
+    model,
+    tokenizer,
+    prompts: list[list[dict]] | list[str],
+    max_new_tokens: int = 32,
+    batch_size: int = 16,
+    progress: bool = True,
+    contexts: list[dict | None] | None = None,
+    label: str = "",
+) -> list[Generation]:
+    """Greedy answers for `prompts`, in order, each as a Generation.
 
     `contexts`: per chat prompt, the chat-template arguments to render it with (`Prompts.contexts`:
     the row's tools and chat-template kwargs, as in training); None renders with none. `progress`
@@ -87,7 +118,7 @@ def generate(
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: lengths[i])
     stops = stop_ids(tokenizer, model.generation_config)
-    outputs: list[str | None] = [None] * len(texts)
+    outputs: list[Generation | None] = [None] * len(texts)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     device = next(model.parameters()).device
     lines = progress_lines.Lines(f"generate {label}".strip(), len(texts), "prompts") if progress else None
@@ -110,9 +141,15 @@ def generate(
                 eos_token_id=stops,
                 pad_token_id=tokenizer.pad_token_id,
             )
-        new_tokens = out[:, enc["input_ids"].shape[1] :]
-        for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
-            outputs[i] = text
+        for i, new in zip(batch, out[:, enc["input_ids"].shape[1] :].tolist(), strict=True):
+            # Up to the first stop token: after it, a finished row of the batch holds padding.
+            end = next((k + 1 for k, token in enumerate(new) if token in stops), None)
+            new = new if end is None else new[:end]
+            outputs[i] = Generation(
+                text=tokenizer.decode(new, skip_special_tokens=True),
+                raw=tokenizer.decode(new, skip_special_tokens=False),
+                cut_off=end is None and len(new) >= max_new_tokens,
+            )
         if lines is not None:
             lines.update(sum(o is not None for o in outputs))
     return outputs

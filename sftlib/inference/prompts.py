@@ -125,4 +125,4 @@ def _asked(source, split: str):
             and not m.get("tool_calls")
         ]
         if answered:
-            yield messages[: answered[-1]], messages[answered[-1]]["content"], row.context
+            yield messages[: answered[-1]], chat.content_text(messages[answered[-1]]["content"]), row.context

@@ -1,42 +1,32 @@
 """The tool loop at inference, and its score: generate, parse the tool calls, run the Python tools,
-append their results as `tool` messages, generate the answer.
+append the call turn and each result as a `tool` message, generate again, until the model answers
+without a call or `max_rounds` rounds of calls are spent.
 
-The parser reads the format of the Hermes / Qwen2.5 family of templates (TRL's bundled `qwen2_5`,
-the Qwen3 family, the tool lesson's `configs/templates/chatml_tools.jinja`): each call is a JSON
-object `{"name": ..., "arguments": {...}}` between `<tool_call>` and `</tool_call>`. Whatever the model writes, a malformed call (not JSON, no name,
-an unknown tool, arguments the tool does not take) is kept in the transcript with its error and
-scored as a miss; it never stops the loop.
+Calls are read in the format the chat template writes them (sftlib.inference.tool_formats), from the
+generated text with its special tokens. Whatever the model writes, a malformed call (unreadable, no
+name, an unknown tool, arguments the tool does not take) is kept in the transcript with its error and
+scored as a miss; whatever a tool raises becomes its result, `error: Type: message`. A generation cut
+off by `max_new_tokens` is reported as cut off, not as malformed. Neither stops the loop for the other
+prompts.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import inspect
 import itertools
 import json
-import re
 from collections.abc import Callable
 
 from sftlib.data import chat
 from sftlib.errors import BadToolCall
+from sftlib.inference.generate import Generation
+from sftlib.inference.tool_formats import ToolFormat, schemas_of
 
-TOOL_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.S)
-
-
-def parse_tool_calls(text: str) -> list[dict]:
-    """The tool calls in generated `text`, in the templates' shape (sftlib.data.chat.tool_call); [] when
-    there is none. Raises BadToolCall naming what is wrong with the first malformed one."""
-    calls = []
-    for body in TOOL_CALL.findall(text):
-        try:
-            call = json.loads(body.strip())
-        except json.JSONDecodeError as exc:
-            raise BadToolCall(f"not JSON ({exc.msg}): {body.strip()[:80]!r}") from None
-        try:
-            calls.append(chat.tool_call(call))
-        except BadToolCall:
-            raise
-    return calls
+# Generates one turn for each chat (messages so far) with its template context; the label names the
+# round in progress lines. ToolLoop builds it from a model (`model_generator`); tests pass their own.
+Generator = Callable[[list[list[dict]], list[dict | None], str], list[Generation]]
 
 
 def run_call(call: dict, tools: dict[str, Callable]) -> str:
@@ -57,125 +47,224 @@ def run_call(call: dict, tools: dict[str, Callable]) -> str:
 
 
 @dataclasses.dataclass
-class Transcript:
-    """One prompt through the loop: the first generation, its calls and their results, the answer."""
+class Round:
+    """One round of calls: what the model wrote, the calls read from it, and each call's result."""
 
-    first: str
-    calls: list[dict] = dataclasses.field(default_factory=list)
-    results: list[str] = dataclasses.field(default_factory=list)
-    error: str | None = None  # a malformed call: shown, scored as a miss
+    raw: str
+    calls: list[dict]
+    results: list[str]
+
+
+@dataclasses.dataclass
+class Transcript:
+    """One prompt through the loop: its rounds of calls, then the answer; or where it stopped.
+
+    `error`: a malformed call (shown, scored as a miss); `cut_off`: a generation hit `max_new_tokens`
+    (an unfinished call, or the answer's tail missing); `unfinished`: still calling after `max_rounds`.
+    `messages`: the whole chat as the loop built it, prompt included."""
+
+    rounds: list[Round] = dataclasses.field(default_factory=list)
     answer: str = ""
+    error: str | None = None
+    cut_off: bool = False
+    unfinished: bool = False
+    messages: list[dict] = dataclasses.field(default_factory=list)
 
     @property
     def called(self) -> bool:
-        return bool(self.calls) or self.error is not None
+        return bool(self.rounds) or self.error is not None
+
+    def calls(self) -> list[list[dict]]:
+        """The calls of each round, as (name, arguments) mappings."""
+        return [[_signature(c) for c in r.calls] for r in self.rounds]
 
     def shown(self) -> str:
-        """One line: each call and its result, then the answer ("weekday({...}) -> Friday -> Friday")."""
-        if self.error is not None:
-            return f"malformed call: {self.error}"
+        """One line: each round's calls and results, then the answer ("weekday({...}) -> Friday -> Friday")."""
         steps = [
-            f"{c['function']['name']}({json.dumps(c['function']['arguments'])}) -> {r}"
-            for c, r in zip(self.calls, self.results, strict=True)
+            "; ".join(
+                f"{c['function']['name']}({json.dumps(c['function']['arguments'])}) -> {r}"
+                for c, r in zip(rnd.calls, rnd.results, strict=True)
+            )
+            for rnd in self.rounds
         ]
-        return " -> ".join([*steps, self.answer]) if steps else f"(no call) {self.answer}"
+        if self.error is not None:
+            steps.append(f"malformed call: {self.error}")
+        elif self.cut_off and not self.answer:
+            steps.append("cut off at max_new_tokens")
+        elif self.unfinished:
+            steps.append(f"still calling after {len(self.rounds)} rounds")
+        else:
+            steps.append(self.answer + (" (cut off at max_new_tokens)" if self.cut_off else ""))
+        if self.rounds or self.error is not None or (self.cut_off and not self.answer):
+            return " -> ".join(steps)
+        return f"(no call) {steps[0]}"
 
 
-def expected(call: dict | None, answer: str, tools: dict[str, Callable]) -> Transcript:
-    """The transcript a perfect model writes: the expected call, the tool's result, the answer."""
-    calls = [call] if call else []
-    return Transcript(first="", calls=calls, results=[run_call(c, tools) for c in calls], answer=answer)
+def _signature(call: dict) -> dict:
+    return {"name": call["function"]["name"], "arguments": call["function"]["arguments"]}
+
+
+def expected(rounds: list[list[dict]], answer: str, tools: dict[str, Callable]) -> Transcript:
+    """The transcript a perfect model writes: the expected rounds of calls, their results, the answer."""
+    done = [Round("", calls, [run_call(c, tools) for c in calls]) for calls in rounds]
+    return Transcript(rounds=done, answer=answer)
+
+
+def visible(text: str, specials: tuple[str, ...]) -> str:
+    """`text` without the tokenizer's special tokens, stripped."""
+    for token in sorted(specials, key=len, reverse=True):
+        text = text.replace(token, "")
+    return text.strip()
 
 
 def run_loop(
-    model,
-    tokenizer,
     prompts: list[list[dict]],
-    contexts: list[dict],
+    contexts: list[dict | None],
     tools: dict[str, Callable],
+    fmt: ToolFormat,
+    generator: Generator,
+    specials: tuple[str, ...] = (),
+    max_rounds: int = 3,
     label: str = "",
-    **generate_kwargs,
 ) -> list[Transcript]:
-    """Each prompt through one round of tool calls: prompts whose first generation calls tools get the
-    results appended as `tool` messages and are generated again for the answer. Batched per round;
-    `label` names the model in the progress lines."""
-    from sftlib.inference.generate import generate
-
-    firsts = generate(
-        model, tokenizer, prompts, contexts=contexts, label=f"{label} first turns".strip(), **generate_kwargs
-    )
-    transcripts, follow = [], []
-    for k, text in enumerate(firsts):
-        t = Transcript(first=text)
-        try:
-            t.calls = parse_tool_calls(text)
-            t.results = [run_call(c, tools) for c in t.calls]
-        except BadToolCall as exc:
-            t.error = str(exc)
-        if t.calls and t.error is None:
-            call_turn = {"role": "assistant", "content": "", "tool_calls": t.calls}
-            results = [{"role": "tool", "content": r} for r in t.results]
-            follow.append((k, [*prompts[k], call_turn, *results]))
-        else:
-            t.answer = "" if t.called else chat.answer(TOOL_CALL.sub("", text))
-        transcripts.append(t)
-    if follow:
-        answers = generate(
-            model,
-            tokenizer,
-            [m for _, m in follow],
-            contexts=[contexts[k] for k, _ in follow],
-            label=f"{label} answers after tool results".strip(),
-            **generate_kwargs,
+    """Each prompt through the loop, all prompts of a round in one `generator` call. A round whose
+    generation holds calls appends the assistant turn (its text beside the calls as content, the calls
+    as `tool_calls`) and one `tool` message per call, in order, with the call's `tool_call_id` when the
+    call has an id; the chat is then generated again. A generation without a call is the answer.
+    `specials`: the tokenizer's special tokens, removed from answers."""
+    transcripts = [Transcript(messages=list(p)) for p in prompts]
+    active = list(range(len(prompts)))
+    for number in itertools.count(1):
+        if not active:
+            break
+        step = "first turns" if number == 1 else f"round {number}"
+        made = generator(
+            [transcripts[k].messages for k in active],
+            [contexts[k] for k in active],
+            f"{label} {step}".strip(),
         )
-        for (k, _), text in zip(follow, answers, strict=True):
-            transcripts[k].answer = chat.answer(text)
+        going = []
+        for k, generation in zip(active, made, strict=True):
+            if _step(
+                transcripts[k], generation, fmt, tools, specials, schemas_of((contexts[k] or {}).get("tools"))
+            ):
+                going.append(k)
+        active = []
+        for k in going:
+            if len(transcripts[k].rounds) >= max_rounds:
+                transcripts[k].unfinished = True
+            else:
+                active.append(k)
     return transcripts
 
 
-def score(
-    transcripts: list[Transcript], expected_calls: list[dict | None], expected_answers: list[str]
-) -> dict:
-    """Fractions over the prompts that need a tool (`call_exact`: the one expected call, name and
-    arguments exactly, after parsing; `answer_exact`: the final answer) and over those that need none
-    (`no_tool_correct`: answered without a call; `no_tool_answer_exact`: without a call, and exactly
-    the expected answer: a model that never calls a tool scores the first, not the second)."""
-    tool = [(t, c, a) for t, c, a in zip(transcripts, expected_calls, expected_answers, strict=True) if c]
-    plain = [(t, a) for t, c, a in zip(transcripts, expected_calls, expected_answers, strict=True) if not c]
+def _step(t: Transcript, g: Generation, fmt: ToolFormat, tools, specials, schemas) -> bool:
+    """Read one generation into `t`; True when it called tools and the chat goes on."""
+    try:
+        calls = fmt.calls(g.raw, schemas)
+    except BadToolCall as exc:
+        t.cut_off, t.error = g.cut_off, None if g.cut_off else str(exc)
+        return False
+    content = visible(fmt.outside(g.raw), specials)
+    if not calls:
+        t.answer, t.cut_off = chat.answer(content), g.cut_off
+        t.messages.append({"role": "assistant", "content": content})
+        return False
+    if g.cut_off:  # more calls may have followed: none is run
+        t.cut_off = True
+        return False
+    try:
+        results = [run_call(c, tools) for c in calls]
+    except BadToolCall as exc:
+        t.error = str(exc)
+        return False
+    t.rounds.append(Round(g.raw, calls, results))
+    t.messages.append({"role": "assistant", "content": content, "tool_calls": calls})
+    for call, result in zip(calls, results, strict=True):
+        message = {"role": "tool", "name": call["function"]["name"], "content": result}
+        t.messages.append({**message, "tool_call_id": call["id"]} if call.get("id") else message)
+    return True
 
-    def exact_call(t: Transcript, call: dict) -> bool:
-        return (
-            t.error is None
-            and len(t.calls) == 1
-            and t.calls[0]["function"]
-            == {
-                "name": call["function"]["name"],
-                "arguments": call["function"]["arguments"],
-            }
+
+def model_generator(model, tokenizer, max_new_tokens: int, batch_size: int) -> Generator:
+    """A Generator over a model: greedy, through the chat template, as `generate` renders prompts."""
+    from sftlib.inference import generate
+
+    def generator(chats: list[list[dict]], contexts: list[dict | None], label: str) -> list[Generation]:
+        return generate.generations(
+            model, tokenizer, chats, max_new_tokens, batch_size, contexts=contexts, label=label
         )
 
+    return generator
+
+
+def special_tokens(tokenizer) -> tuple[str, ...]:
+    """The tokenizer's special tokens (its named ones and added tokens marked special)."""
+    added = (t.content for t in tokenizer.added_tokens_decoder.values() if t.special)
+    return tuple({*tokenizer.all_special_tokens, *added})
+
+
+def score(
+    transcripts: list[Transcript], expected_rounds: list[list[list[dict]]], expected_answers: list[str]
+) -> dict:
+    """Fractions over the prompts that need a tool (`call_exact`: every round's calls, name and
+    arguments, as the expected ones: a round's parallel calls as a set, the rounds in order;
+    `answer_exact`: the final answer) and over those that need none (`no_tool_correct`: answered
+    without a call; `no_tool_answer_exact`: without a call, and exactly the expected answer: a model
+    that never calls a tool scores the first, not the second). Counts: `malformed` calls, generations
+    `cut_off` by max_new_tokens, `unfinished` loops (still calling after max_rounds)."""
+    cases = list(zip(transcripts, expected_rounds, expected_answers, strict=True))
+    tool = [(t, r, a) for t, r, a in cases if r]
+    plain = [(t, a) for t, r, a in cases if not r]
+
+    def as_sets(rounds: list[list[dict]]) -> list[collections.Counter]:
+        return [
+            collections.Counter(json.dumps(_signature(c), sort_keys=True) for c in calls) for calls in rounds
+        ]
+
+    def exact_calls(t: Transcript, rounds: list[list[dict]]) -> bool:
+        finished = t.error is None and not t.unfinished and not (t.cut_off and not t.answer)
+        return finished and as_sets([r.calls for r in t.rounds]) == as_sets(rounds)
+
+    def fraction(hits: list[bool]) -> float | None:
+        return sum(hits) / len(hits) if hits else None
+
     return {
-        "call_exact": sum(exact_call(t, c) for t, c, _ in tool) / len(tool) if tool else None,
-        "answer_exact": sum(t.answer == a for t, _, a in tool) / len(tool) if tool else None,
-        "no_tool_correct": sum(not t.called for t, _ in plain) / len(plain) if plain else None,
-        "no_tool_answer_exact": sum(not t.called and t.answer == a for t, a in plain) / len(plain)
-        if plain
-        else None,
+        "call_exact": fraction([exact_calls(t, r) for t, r, _ in tool]),
+        "answer_exact": fraction([t.answer == a for t, _, a in tool]),
+        "no_tool_correct": fraction([not t.called for t, _ in plain]),
+        "no_tool_answer_exact": fraction([not t.called and t.answer == a for t, a in plain]),
         "tool_prompts": len(tool),
         "no_tool_prompts": len(plain),
+        "malformed": sum(t.error is not None for t in transcripts),
+        "cut_off": sum(t.cut_off for t in transcripts),
+        "unfinished": sum(t.unfinished for t in transcripts),
     }
 
 
 @dataclasses.dataclass
 class Cases:
     """Held-out tool chats as loop inputs: the prompt before the first assistant turn, its template
-    arguments (tools included), the call expected there (None: the turn answers without one) and the
-    final answer expected."""
+    arguments (tools included), the rounds of calls expected from there (each round's calls; [] when
+    the turn answers without one) and the final answer expected."""
 
     prompts: list[list[dict]]
     contexts: list[dict]
-    calls: list[dict | None]
+    rounds: list[list[list[dict]]]
     answers: list[str]
+
+
+def expected_rounds(messages: list[dict], first: int) -> tuple[list[list[dict]], str]:
+    """From assistant turn `first` on: the calls of each turn that calls tools, up to the first
+    assistant turn without calls, whose answer is the final one."""
+    rounds = []
+    for message in messages[first:]:
+        if message["role"] != "assistant":
+            continue
+        if not message.get("tool_calls"):
+            return rounds, chat.answer(chat.final_text(message.get("content")))
+        rounds.append([chat.tool_call(c) for c in message["tool_calls"]])
+    return rounds, ""
 
 
 def held_out_cases(cfg, limit: int | None = None) -> Cases:
@@ -192,10 +281,11 @@ def held_out_cases(cfg, limit: int | None = None) -> Cases:
     for row in loader.take_turns(per_source, limit):
         messages = row.conversation.messages
         first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        rounds, answer = expected_rounds(messages, first)
         cases.prompts.append(messages[:first])
         cases.contexts.append(row.context)
-        cases.calls.append((messages[first].get("tool_calls") or [None])[0])
-        cases.answers.append(chat.answer(messages[-1]["content"]))
+        cases.rounds.append(rounds)
+        cases.answers.append(answer)
     if not cases.prompts:
         raise SftlibError(
             "no held-out row carries tools, so there is no tool loop to run.",

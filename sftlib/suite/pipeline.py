@@ -133,7 +133,8 @@ def check_before_running(config, overrides, per_notebook: dict[Path, dict]):
     can't be known up front: the config; the tokenizer and chat template; the data, its masks and the
     drop gate (the prepare pass, which datasets caches for the notebooks); an output_dir training may
     write into, or a checkpoint to resume from (when a notebook declares OVERWRITE and RESUME); prompts
-    to generate for, or tool chats and the tools to run them with (when one declares PROMPTS, and TOOLS).
+    to generate for, or tool chats, the tools to run them with and a tool-call format the chat template
+    writes that sftlib reads (when one declares PROMPTS, and TOOLS).
     Keyed by the parameters the notebooks declare, so the pipeline still names no notebook. Returns the
     RunConfig."""
     import ast
@@ -157,7 +158,8 @@ def check_before_running(config, overrides, per_notebook: dict[Path, dict]):
         if resume:
             checkpoints.resume_checkpoint(cfg.output_dir)
     if "PROMPTS" in values:
-        evaluate.for_notebook(cfg, 1, values["PROMPTS"] or None, values.get("TOOLS") or "")
+        tools, rounds = values.get("TOOLS") or "", values.get("MAX_TOOL_ROUNDS", 3)
+        evaluate.for_notebook(cfg, 1, values["PROMPTS"] or None, tools, rounds)
     return cfg
 
 

@@ -61,6 +61,7 @@ def generate(evaluation, scores: dict, rows: list[dict], tuned, out: Path) -> di
     tuned_cfg, adapter_dir = tuned
     return {
         "prompts": evaluation.origin,
+        "tool_format": evaluation.tool_format,
         "base": scores.get("base"),
         "tuned": scores.get("tuned"),
         "eval_examples": len(evaluation.prompts) if scores else 0,

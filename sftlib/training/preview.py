@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,7 @@ def changed_fields(obj, fresh) -> dict[str, str]:
 
 def build(config: str, overrides: list[str]) -> dict[str, Any]:
     """In this process: the trainer `sftlib train` builds (its plan measured, nothing trained), described."""
+    import torch
     import trl
     from peft import LoraConfig
 
@@ -51,7 +53,9 @@ def build(config: str, overrides: list[str]) -> dict[str, Any]:
         run = {"output_dir": scratch, "report_to": "none", "save_strategy": "no"}
         trainer = build_trainer(cfg, model, tokenizer, data.train, None, peft_config, run_args=run)
         batch = next(iter(trainer.get_train_dataloader()))
-        sft = changed_fields(trainer.args, trl.SFTConfig(output_dir=scratch)) | {
+        # TRL's defaults: bf16 on, which transformers refuses on a machine without CUDA unless use_cpu is set.
+        cpu = {} if torch.cuda.is_available() else {"use_cpu": True}
+        sft = changed_fields(trainer.args, trl.SFTConfig(output_dir=scratch, **cpu)) | {
             "output_dir": repr(str(cfg.output_dir))
         }
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
@@ -76,8 +80,10 @@ def preview(config: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     cmd += [x for item in overrides for x in ("--set", item)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-        raise SftlibError(errors[-1].removeprefix("error: ") if errors else proc.stderr.strip()[-2000:])
+        lines = proc.stderr.strip().splitlines() or ["(no output)"]
+        errors = [line.removeprefix("error: ") for line in lines if line.startswith("error:")]
+        raised = [line for line in lines if re.match(r"\w+(Error|Exception): ", line)]
+        raise SftlibError(errors[-1] if errors else f"the preview failed: {(raised or lines)[-1]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
