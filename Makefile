@@ -19,6 +19,9 @@ STAMP  := $(VENV)/.sftlib-installed
 # The exact tested set, as pip constraints; pyproject.toml declares the ranges (docs/install.md).
 LOCK   := .ci/constraints.txt
 EXTRAS := dev,trackio,tensorboard
+# `make test` adds the export extra (llama-cpp-python, for the llama.cpp check): pip builds llama.cpp from
+# its source package once (minutes on 2 cores; pip caches the wheel), which `make demo` does not need.
+EXPORT := $(VENV)/.sftlib-export-installed
 # The libraries whose newest releases test-newest installs, past the lock (torch: the newest CPU build).
 NEWEST_LIBS := transformers trl peft accelerate datasets bitsandbytes
 NEWEST := $(VENV)/newest
@@ -83,7 +86,12 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/sftlib demo --overwrite
 
-test: setup
+$(EXPORT): $(STAMP)
+	@echo "installing the export extra: pip builds llama.cpp (llama-cpp-python) once, minutes on 2 cores"
+	@start=$$(date +%s); $(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[$(EXTRAS),export]' && \
+		echo "llama-cpp-python ready in $$(( $$(date +%s) - start )) s" && touch $@
+
+test: setup $(EXPORT)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -ra --durations=15

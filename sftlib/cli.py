@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from sftlib.errors import SftlibError, describe_os_error, save_traceback
+from sftlib.export import commands
 
 
 def _add_config(p: argparse.ArgumentParser, required: bool = False, default: str | None = None) -> None:
@@ -69,20 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     p.set_defaults(func=cmd_merge)
 
-    p = sub.add_parser("generate", help="generate from a trained output_dir with the chat template")
-    p.add_argument(
-        "--model", required=True, help="a model: an output_dir, a folder, a hub id or embedded:NAME"
-    )
-    p.add_argument("--adapter", default=None, help="LoRA adapter folder, applied on --model")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument(
-        "--chat-template-kwargs",
-        default=None,
-        help="JSON object for the chat template, e.g. '{\"enable_thinking\": false}', added to those the "
-        "run was trained with (its resolved_config.yaml)",
-    )
-    p.add_argument("prompt", nargs="+", help="user message(s)")
-    p.set_defaults(func=cmd_generate)
+    commands.add_parsers(sub)  # generate, chat, export: the commands that use a trained model
 
     p = sub.add_parser("materialize", help="write the embedded models into the cache (done once)")
     p.add_argument("names", nargs="*", default=["SmolLM2-135M-Instruct", "tiny-random-llama"])
@@ -200,19 +188,6 @@ def cmd_merge(args) -> int:
     result = saving.merge_run(cfg, dtype=args.dtype)
     print(merge.summary(result))
     print(f"merged model written to {cfg.output_dir}")
-    return 0
-
-
-def cmd_generate(args) -> int:
-    from sftlib.config import ModelConfig
-    from sftlib.inference import generate, loading, prompts
-
-    kwargs = prompts.trained_template_kwargs(args.model, args.adapter, args.chat_template_kwargs)
-    model, tokenizer = loading.load_for_generation(ModelConfig(path=args.model), args.adapter)
-    asked = prompts.own_prompts(args.prompt, kwargs)
-    answers = generate.generate(model, tokenizer, asked.prompts, args.max_new_tokens, contexts=asked.contexts)
-    for prompt, answer in zip(args.prompt, answers, strict=True):
-        print(json.dumps({"prompt": prompt, "completion": answer}))
     return 0
 
 

@@ -105,6 +105,79 @@ def test_sftlib_has_no_import_cycle():
     assert cycles(graph) == []
 
 
+# --------------------------------------------------------------------------- stages
+
+# The stages in the order data flows through them (docs/architecture.md, "The flow"). The top-level
+# modules rank before every stage (BASE) or after all of them (LAST).
+STAGES = (
+    "config",
+    "models",
+    "data",
+    "outputs",
+    "training",
+    "inference",
+    "export",
+    "views",
+    "suite",
+    "lessons",
+    "bench",
+)
+BASE = ("sftlib", "sftlib.errors", "sftlib.files", "sftlib.progress", "sftlib.noise", "sftlib.shipped")
+LAST = ("sftlib.cli", "sftlib.__main__")
+
+
+def stage_rank(module: str) -> tuple[int, str]:
+    """(rank, stage) of an sftlib module: BASE ranks 0, the stages 1.., LAST after them."""
+    if module in BASE:
+        return 0, "base"
+    if module in LAST:
+        return len(STAGES) + 1, "cli"
+    stage = module.split(".")[1]
+    if stage not in STAGES:
+        raise AssertionError(f"{module} is in no stage: add its folder to STAGES in the flow's order")
+    return STAGES.index(stage) + 1, stage
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import of a later stage by an earlier one, as 'importer -> imported'."""
+    return sorted(
+        f"{a} -> {b}" for a, targets in graph.items() for b in targets if stage_rank(b)[0] > stage_rank(a)[0]
+    )
+
+
+def stage_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Cycles between stages: the module graph collapsed to one node per stage."""
+    collapsed: dict[str, set[str]] = {}
+    for a, targets in graph.items():
+        sa = stage_rank(a)[1]
+        collapsed.setdefault(sa, set()).update(stage_rank(b)[1] for b in targets if stage_rank(b)[1] != sa)
+    return cycles(collapsed)
+
+
+def test_the_stage_checks_refuse_a_planted_upward_import_and_a_cycle_between_stages():
+    trees = {
+        "sftlib.errors": ast.parse("x = 1"),
+        "sftlib.data.masking": ast.parse("from sftlib.errors import SftlibError"),
+        "sftlib.training.train": ast.parse("from sftlib.data import masking"),
+        "sftlib.cli": ast.parse("from sftlib.training import train"),
+    }
+    graph = import_graph(trees)
+    assert upward_imports(graph) == [] and stage_cycles(graph) == []
+    trees["sftlib.data.masking"] = ast.parse("def f():\n    from sftlib.training.train import run")
+    graph = import_graph(trees)
+    assert upward_imports(graph) == ["sftlib.data.masking -> sftlib.training.train"]
+    assert stage_cycles(graph) == [["data", "training"]]
+    with pytest.raises(AssertionError, match="in no stage"):
+        stage_rank("sftlib.newstage.module")
+
+
+def test_no_stage_imports_a_later_stage_and_no_two_stages_import_each_other():
+    graph = import_graph(modules())
+    assert {stage_rank(m)[1] for m in graph} >= set(STAGES) - {"export"} | {"base", "cli"}
+    assert upward_imports(graph) == []
+    assert stage_cycles(graph) == []
+
+
 # --------------------------------------------------------------------------- private names of other libraries
 
 

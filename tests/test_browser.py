@@ -212,3 +212,43 @@ def test_the_tool_lessons_masking_view_colours_the_tool_call_as_trained_and_the_
     )  # fmt: skip
     first = json.loads(masks.read_text().splitlines()[0])
     assert [colour in TRAINED_COLOURS for _, colour in spans] == [label != -100 for label in first["labels"]]
+
+
+@pytest.mark.slow
+def test_notebook_05s_chat_answers_a_typed_message_with_both_models(lab, browser):
+    """Notebook 05 on a finished tiny run, in the browser: type a message into the chat, press Send, and a
+    reply appears in the base column and in the tuned one."""
+    import nbformat
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from sftlib.lessons import demo
+    from tests.test_export import save_tiny_run
+
+    folder = ROOT / "runs" / "browser" / "chat"
+    shutil.rmtree(folder, ignore_errors=True)
+    save_tiny_run(folder / "model", chat_template=None)  # a finished run: weights, tokenizer, template
+    demo.write_demo_dataset(folder / "data", n_train=8, n_eval=4)
+    nb = load_notebook_node(str(ROOT / "notebooks" / "05_load_and_generate.ipynb"))
+    overrides = [f"dataset.name={folder / 'data'}", f"training.output_dir={folder / 'model'}"]
+    params = {"CONFIG": "configs/tiny.yaml", "OVERRIDES": overrides, "RUN_DIR": str(folder / "notebooks"),
+              "NUM_EXAMPLES": 2, "MAX_NEW_TOKENS": 4, "CHAT_MAX_NEW_TOKENS": 6}  # fmt: skip
+    nbformat.write(parameterize_notebook(nb, params), folder / "05_chat.ipynb")
+    run_all(browser, lab, "../runs/browser/chat/05_chat")
+    assert errors(browser) == []
+    box = browser.find_element(By.CSS_SELECTOR, ".sftlib-chat")
+    box.find_element(By.CSS_SELECTOR, "input[type='text']").send_keys("Write 5 March 2021 as YYYY-MM-DD")
+    [b for b in box.find_elements(By.TAG_NAME, "button") if b.text == "Send"][0].click()
+
+    def replied(d) -> bool:
+        return all(
+            d.find_elements(By.CSS_SELECTOR, f".sftlib-chat-{side} .sftlib-chat-answer")
+            for side in ("base", "tuned")
+        )
+
+    WebDriverWait(browser, 120, poll_frequency=1).until(replied)
+    for side in ("base", "tuned"):
+        column = browser.find_element(By.CSS_SELECTOR, f".sftlib-chat-{side}")
+        assert "Write 5 March 2021 as YYYY-MM-DD" in column.text  # the message, then the model's reply

@@ -18,6 +18,7 @@ _.should_training_stop  # transformers.TrainerControl: read by the Trainer
 _.error  # argparse.ArgumentParser.error: argparse calls it on a usage error
 frame  # signal handlers take (signum, frame)
 _.use_cache  # transformers' model.config.use_cache, read by the model
+_.disabled  # ipywidgets' Button.disabled, read by the browser (the chat's Send button while it answers)
 TOOLS  # named by notebook 05's TOOLS parameter (sftlib.lessons.tool_task:TOOLS), imported by evaluate.load_tools
 write_demo_dataset  # writes configs/data/*; tests/test_demo.py checks the committed files are its output
 """

@@ -35,6 +35,10 @@ PRINTED_BY = {
         "demo",
     ),  # raised in training, notebook 03 too
     ("sftlib/suite/pipeline.py", "--only"): ("pipeline",),  # demo runs every notebook
+    ("sftlib/export/gguf.py", "--outtype"): ("export",),
+    ("sftlib/export/check.py", "--outtype"): ("export",),  # --check
+    ("sftlib/export/commands.py", "--input"): ("generate",),
+    ("sftlib/export/commands.py", "--adapter"): ("chat",),  # --adapter with a .gguf --model
     ("sftlib/suite/pipeline.py", "--resume"): (
         "pipeline",
         "demo",

@@ -65,13 +65,17 @@ def test_environment_yml_and_the_makefile_install_sftlib_with_every_extra_throug
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     *options, editable = pip
     assert options == [f"--extra-index-url {CPU_INDEX}", "-c .ci/constraints.txt"]
-    assert editable.startswith("-e .[") and sorted(editable[5:-1].split(",")) == sorted(extras())
+    # The export extra builds llama.cpp from source (minutes): `make test` adds it, the others leave it.
+    assert editable.startswith("-e .[") and sorted(editable[5:-1].split(",")) == sorted(
+        set(extras()) - {"export"}
+    )
     assert "python>=3.11,<3.14" in env["dependencies"]  # the Pythons the lock installs on
 
     makefile = (ROOT / "Makefile").read_text()
     assert "LOCK   := .ci/constraints.txt\n" in makefile
     (line,) = (line for line in makefile.splitlines() if line.startswith("EXTRAS := "))
-    assert sorted(line.removeprefix("EXTRAS := ").split(",")) == sorted(extras())
+    assert sorted(line.removeprefix("EXTRAS := ").split(",")) == sorted(set(extras()) - {"export"})
+    assert "-c $(LOCK) -e '.[$(EXTRAS),export]'" in makefile and "test: setup $(EXPORT)" in makefile
     assert (
         "$(call venv,$(VENV),--version $(shell sed -n 's/^torch==//p' $(LOCK)),-c $(LOCK),$(PYTHON))"
         in makefile

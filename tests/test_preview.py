@@ -40,3 +40,13 @@ def test_a_preview_that_fails_is_one_line_naming_the_error(monkeypatch):
     with pytest.raises(SftlibError) as err:
         preview.preview("configs/tiny.yaml", ["training.max_steps=-7", "model.path=/no/such/model"])
     assert "\n" not in str(err.value) and len(str(err.value)) < 600
+
+
+@pytest.mark.parametrize(
+    "config", ["configs/demo.yaml", "configs/chat_lesson.yaml", "configs/tool_lesson.yaml"]
+)
+def test_the_lessons_configs_preview_as_notebook_03_shows_them(config, tmp_path, monkeypatch):
+    """Each lesson's config as shipped (eval steps included: the trainer needs the eval split then)."""
+    monkeypatch.chdir(ROOT)
+    given = preview.preview(config, [f"training.output_dir={tmp_path / 'run'}"])
+    assert given["batch_shape"][1] == len(given["batch_tokens"]) and given["sft_config"]["max_steps"]

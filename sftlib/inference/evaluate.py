@@ -6,7 +6,8 @@
   read in the format the chat template writes (sftlib.inference.tool_formats), scored by the calls, the
   final answer, and the prompts that need no tool.
 
-Each gives its `prompts` and their template `contexts`, `answer(model, tokenizer, ...)` for a model, `scores(base, tuned)`, and `rows(base, tuned)`
+Each gives its `prompts` and their template `contexts`, `answer(model, tokenizer, ...)` for a model
+(`answer_with(generator, ...)` for another runtime), `scores(base, tuned)`, and `rows(base, tuned)`
 for the before/after table and plot (views.before_after_html, plots.before_after_table): a loop's
 transcript is shown as "call -> result -> answer", green where the whole loop matches the reference.
 """
@@ -38,6 +39,12 @@ class Plain:
             contexts=self.asked.contexts,
             label=label,
         )
+
+    def answer_with(
+        self, generator: tool_loop.Generator, specials: tuple[str, ...], label: str = ""
+    ) -> list[str]:
+        """Answers from another runtime (a Generator over chat prompts: llama.cpp's, say)."""
+        return [g.text for g in generator(self.prompts, self.contexts, label)]
 
     def scores(self, base: list[str], tuned: list[str]) -> dict:
         """{"base": ..., "tuned": ...} on held-out prompts; {} when there is nothing to score against."""
@@ -77,6 +84,14 @@ class ToolLoop:
             specials=tool_loop.special_tokens(tokenizer),
             max_rounds=self.max_rounds,
             label=label,
+        )
+
+    def answer_with(
+        self, generator: tool_loop.Generator, specials: tuple[str, ...], label: str = ""
+    ) -> list[tool_loop.Transcript]:
+        """Transcripts from another runtime (a Generator over chat prompts: llama.cpp's, say)."""
+        return tool_loop.run_loop(
+            self.prompts, self.contexts, self.tools, self.fmt, generator, specials, self.max_rounds, label
         )
 
     def scores(self, base, tuned) -> dict:

@@ -1,4 +1,5 @@
-"""Greedy answers from a model for chat prompts or strings, through the chat template, as training rendered them.
+"""Answers from a model for chat prompts or strings, through the chat template, as training rendered them:
+greedy, or sampled with a temperature.
 
 `generate` renders chat prompts with the chat template (and each prompt's tools and template
 arguments), left-pads, decodes greedily until one of the model's stop tokens, and returns only the new
@@ -22,6 +23,24 @@ class Generation:
     text: str
     raw: str
     cut_off: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How replies are decoded: greedy at temperature 0, else sampled (nucleus `top_p`), `seed` fixed."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    max_new_tokens: int = 256
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise SftlibError(f"--temperature must be 0 or more, got {self.temperature}.")
+        if not 0 < self.top_p <= 1:
+            raise SftlibError(f"--top-p must be in (0, 1], got {self.top_p}.")
+        if self.max_new_tokens < 1:
+            raise SftlibError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}.")
 
 
 def render_prompt(tokenizer, prompt: list[dict] | str, context: dict | None = None) -> str:
@@ -95,8 +114,10 @@ def generations(
     progress: bool = True,
     contexts: list[dict | None] | None = None,
     label: str = "",
+    sampling: Sampling | None = None,
 ) -> list[Generation]:
-    """Greedy answers for `prompts`, in order, each as a Generation.
+    """Greedy answers for `prompts`, in order, each as a Generation (sampled where `sampling` has a
+    temperature above 0; its `max_new_tokens` is not read: the argument is).
 
     `contexts`: per chat prompt, the chat-template arguments to render it with (`Prompts.contexts`:
     the row's tools and chat-template kwargs, as in training); None renders with none. `progress`
@@ -106,6 +127,7 @@ def generations(
     model's stop tokens (`modeling.stop_ids`, the set masking trains) or after `max_new_tokens`.
     """
     import torch
+    from transformers import set_seed
 
     from sftlib import progress as progress_lines
     from sftlib.models.modeling import stop_ids
@@ -122,6 +144,10 @@ def generations(
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     device = next(model.parameters()).device
     lines = progress_lines.Lines(f"generate {label}".strip(), len(texts), "prompts") if progress else None
+    sampling = sampling or Sampling()
+    sample = sampling.temperature > 0
+    if sampling.seed is not None:
+        set_seed(sampling.seed)
     for batch in batches:
         enc = tokenizer(
             [texts[i] for i in batch],
@@ -134,9 +160,9 @@ def generations(
             out = model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,
-                do_sample=False,
-                temperature=None,
-                top_p=None,
+                do_sample=sample,
+                temperature=sampling.temperature if sample else None,
+                top_p=sampling.top_p if sample else None,
                 top_k=None,
                 eos_token_id=stops,
                 pad_token_id=tokenizer.pad_token_id,

@@ -70,13 +70,57 @@ def prompts_for(cfg: RunConfig, limit: int | None = None, own: list[str] | None 
     return Prompts(prompts, references if held_out else [None] * len(prompts), origin, contexts)
 
 
-def own_prompts(texts: list[str], template_kwargs: dict | None) -> Prompts:
-    """User messages to answer, each rendered with `template_kwargs` (and no tools)."""
+def own_prompts(texts: list[str], template_kwargs: dict | None, system: str | None = None) -> Prompts:
+    """User messages to answer, each rendered with `template_kwargs` (and no tools), after `system`."""
     from sftlib.data import rendering
 
     context = rendering.template_context({}, template_kwargs)
-    prompts = [[{"role": "user", "content": text}] for text in texts]
+    first = [{"role": "system", "content": system}] if system else []
+    prompts = [[*first, {"role": "user", "content": text}] for text in texts]
     return Prompts(prompts, [None] * len(texts), "yours", [context] * len(texts))
+
+
+def chats_file(path: str | Path, template_kwargs: dict | None, system: str | None = None) -> Prompts:
+    """Multi-turn prompts from a JSONL file: per line a list of messages, or an object with `messages`
+    (and `tools`, given to the template); each chat ends where the model answers. `system` comes
+    first in chats that have no system message."""
+    from sftlib.data import rendering
+
+    prompts, contexts = [], []
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SftlibError(
+                f"{where} is not JSON ({exc.msg}).", "write one JSON list of messages per line."
+            ) from None
+        row = {"messages": row} if isinstance(row, list) else row
+        messages = row.get("messages") if isinstance(row, dict) else None
+        if not (isinstance(messages, list) and messages and all(_is_message(m) for m in messages)):
+            raise SftlibError(
+                f"{where} holds no list of messages with `role` and `content`.",
+                'write e.g. [{"role": "user", "content": "Hi"}] per line.',
+            )
+        if messages[-1]["role"] == "assistant":
+            raise SftlibError(
+                f"{where} ends with an assistant turn: there is nothing to answer.",
+                "end each chat with the user's (or a tool's) message.",
+            )
+        if system and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": system}, *messages]
+        prompts.append(messages)
+        contexts.append(rendering.template_context({"tools": row.get("tools")}, template_kwargs))
+    if not prompts:
+        raise SftlibError(f"{path} holds no chats.", "write one JSON list of messages per line.")
+    return Prompts(prompts, [None] * len(prompts), "yours", contexts)
+
+
+def _is_message(m) -> bool:
+    return isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m
 
 
 def trained_template_kwargs(model: str, adapter: str | None = None, given: str | None = None) -> dict:

@@ -81,10 +81,7 @@ class Transcript:
     def shown(self) -> str:
         """One line: each round's calls and results, then the answer ("weekday({...}) -> Friday -> Friday")."""
         steps = [
-            "; ".join(
-                f"{c['function']['name']}({json.dumps(c['function']['arguments'])}) -> {r}"
-                for c, r in zip(rnd.calls, rnd.results, strict=True)
-            )
+            "; ".join(f"{shown_call(c)} -> {r}" for c, r in zip(rnd.calls, rnd.results, strict=True))
             for rnd in self.rounds
         ]
         if self.error is not None:
@@ -100,6 +97,11 @@ class Transcript:
         return f"(no call) {steps[0]}"
 
 
+def shown_call(call: dict) -> str:
+    """A call as one line: `weekday({"date": "2021-03-05"})`."""
+    return f"{call['function']['name']}({json.dumps(call['function']['arguments'])})"
+
+
 def _signature(call: dict) -> dict:
     return {"name": call["function"]["name"], "arguments": call["function"]["arguments"]}
 
@@ -110,11 +112,16 @@ def expected(rounds: list[list[dict]], answer: str, tools: dict[str, Callable]) 
     return Transcript(rounds=done, answer=answer)
 
 
-def visible(text: str, specials: tuple[str, ...]) -> str:
-    """`text` without the tokenizer's special tokens, stripped."""
+def without_specials(text: str, specials: tuple[str, ...]) -> str:
+    """`text` without the tokenizer's special tokens."""
     for token in sorted(specials, key=len, reverse=True):
         text = text.replace(token, "")
-    return text.strip()
+    return text
+
+
+def visible(text: str, specials: tuple[str, ...]) -> str:
+    """`text` without the tokenizer's special tokens, stripped."""
+    return without_specials(text, specials).strip()
 
 
 def run_loop(

@@ -42,7 +42,13 @@ QUESTION_STYLES = [s for s in date_task.STYLES if s != "weekday_month_day_year"]
 
 
 def weekday(date: str) -> str:
-    """The tool: the English weekday of an ISO date ("2021-03-05" -> "Friday")."""
+    """The day of the week of a date.
+
+    Args:
+        date: the date as YYYY-MM-DD
+    """
+    # The docstring is the tool's schema for `sftlib chat --tools` (transformers' get_json_schema):
+    # it must stay equal to TOOL_SCHEMAS, the one trained (tests/test_chat.py).
     try:
         return dt.date.fromisoformat(date).strftime("%A")
     except (TypeError, ValueError):

@@ -45,13 +45,13 @@ def build(config: str, overrides: list[str]) -> dict[str, Any]:
 
     cfg = load_config(config, overrides)
     tokenizer = modeling.load_tokenizer(cfg.model)
-    data = dataset.prepare(cfg, tokenizer, splits=("train",))
+    data = dataset.prepare(cfg, tokenizer)  # both splits: the trainer refuses eval steps without eval data
     model = modeling.load_model(cfg.model)
     model.config.use_cache = False
     peft_config = modeling.lora_config(cfg.model, model) if cfg.model.use_lora else None
     with tempfile.TemporaryDirectory(prefix="sftlib-preview-") as scratch:  # nothing lands in output_dir
         run = {"output_dir": scratch, "report_to": "none", "save_strategy": "no"}
-        trainer = build_trainer(cfg, model, tokenizer, data.train, None, peft_config, run_args=run)
+        trainer = build_trainer(cfg, model, tokenizer, data.train, data.eval, peft_config, run_args=run)
         batch = next(iter(trainer.get_train_dataloader()))
         # TRL's defaults: bf16 on, which transformers refuses on a machine without CUDA unless use_cpu is set.
         cpu = {} if torch.cuda.is_available() else {"use_cpu": True}
