@@ -119,12 +119,20 @@ def engine_for(model: str, adapter: str | None):
     return chat.TransformersEngine(model_obj, tokenizer), tokenizer
 
 
+def run_of(model: str) -> str:
+    """The folder whose resolved_config.yaml holds the run's template arguments: for a GGUF in a run's
+    gguf/ folder (where `sftlib export` writes it), that run; else the model's own folder."""
+    path = Path(model)
+    if model.endswith(".gguf"):
+        return str(path.parent.parent if path.parent.name == "gguf" else path.parent)
+    return model
+
+
 def cmd_chat(args) -> int:
     from sftlib.inference import chat, evaluate, prompts, tool_formats
 
     sampling = _sampling(args)
-    source = args.model if not args.model.endswith(".gguf") else str(Path(args.model).parent.parent)
-    kwargs = prompts.trained_template_kwargs(source, args.adapter, args.chat_template_kwargs)
+    kwargs = prompts.trained_template_kwargs(run_of(args.model), args.adapter, args.chat_template_kwargs)
     engine, tokenizer = engine_for(args.model, args.adapter)
     tools = evaluate.load_tools(args.tools) if args.tools else None
     fmt = tool_formats.for_template(tokenizer, kwargs) if tools else None

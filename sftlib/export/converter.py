@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -69,7 +70,7 @@ def ensure() -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{where.name}.", dir=where.parent))
     proc = subprocess.run(install_command(staging), capture_output=True, text=True)
     if proc.returncode != 0 or not (staging / f"{SCRIPT}.py").is_file():
-        subprocess.run(["rm", "-rf", str(staging)], check=False)
+        shutil.rmtree(staging, ignore_errors=True)
         said = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")] or ["(no message)"]
         raise SftlibError(
             f"could not install {NAME} {VERSION}: pip said {said[-1]!r}.",
