@@ -177,6 +177,17 @@ def test_every_notebook_and_config_is_package_data():
         assert any(fnmatch(rel.name, g) for g in globs), f"{rel}: no package-data glob of {package} matches"
 
 
+def test_every_python_package_of_sftlib_is_listed():
+    # An editable install finds an unlisted package; only the wheel drops it (sftlib.export did once).
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "sftlib").rglob("__init__.py")
+        if "__pycache__" not in init.parts
+    }
+    assert found - set(setuptools["packages"]) == set(), "add these to [tool.setuptools] packages"
+
+
 def test_an_editable_install_finds_the_checkouts_notebooks_and_configs_from_any_folder(tmp_path):
     code = "from sftlib import shipped; print(shipped.notebooks_dir()); print(shipped.config('demo.yaml'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
